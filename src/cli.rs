@@ -1,0 +1,163 @@
+//! The command line: `serve` and the small helpers around it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::server::{self, AppState};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "visa-proxy",
+    version,
+    about = "OpenAI-compatible proxy that enforces per-tenant value profiles on LLM answers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Configuration file.
+        #[arg(long, env = config::ENV_CONFIG, default_value = "config.toml")]
+        config: PathBuf,
+        /// Listen address, overriding `server.listen` and VISA_LISTEN (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Check a configuration file and exit (0 when valid).
+    CheckConfig {
+        #[arg(long, env = config::ENV_CONFIG, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Print the SHA-256 of an API key, for `api_key_sha256` in the config.
+    HashKey {
+        /// The key; read from standard input when omitted.
+        key: Option<String>,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Exit 0 when GET URL answers 2xx within 3 s (for container health checks).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve { config, listen } => serve(config, listen),
+        Command::CheckConfig { config } => Config::load(&config, None)
+            .map(|c| {
+                println!(
+                    "{}: valid ({} upstreams, {} tenants)",
+                    config.display(),
+                    c.upstreams.len(),
+                    c.tenants.len()
+                );
+            })
+            .map_err(Into::into),
+        Command::HashKey { key } => hash_key(key),
+        Command::Openapi => {
+            print!("{}", server::openapi::document());
+            Ok(())
+        }
+        Command::Healthcheck { url } => healthcheck(&url),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("visa-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_key(key: Option<String>) -> anyhow::Result<()> {
+    let key = match key {
+        Some(k) => k,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    anyhow::ensure!(!key.is_empty(), "the key is empty");
+    println!("{}", hex::encode(config::hash_key(&key)));
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("visa-http")
+        .build()?)
+}
+
+fn serve(path: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
+    let config = Config::load(&path, listen)?;
+    crate::telemetry::init(&config.log);
+    let addr = config.listen_addr()?;
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let state = AppState::from_config(config)?;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("server.listen: cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr()?;
+        // Tests and scripts read this line to find the port.
+        println!("visa-proxy listening on http://{local}");
+        std::io::stdout().flush()?;
+        tracing::info!(%local, upstreams = state.upstreams.all().len(), tenants = state.tenants.list().len(), "listening");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signal_watch(shutdown.clone()));
+        server::serve(state, listener, shutdown, grace).await
+    })
+}
+
+/// Cancel `token` on SIGINT or SIGTERM.
+async fn signal_watch(token: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+    token.cancel();
+}
+
+fn healthcheck(url: &str) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let resp = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "{url} answered {}",
+            resp.status()
+        );
+        Ok(())
+    })
+}

@@ -1,0 +1,432 @@
+//! The TOML configuration model, its environment overrides, and validation at start-up.
+//!
+//! Everything the request path needs is resolved here once (API keys read from the environment,
+//! key hashes decoded, aliases indexed), so no handler reads files or environment variables.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Environment variables that override the file. Documented in `config.toml` and the README.
+pub const ENV_CONFIG: &str = "VISA_CONFIG";
+pub const ENV_LISTEN: &str = "VISA_LISTEN";
+pub const ENV_ADMIN_KEY: &str = "VISA_ADMIN_KEY";
+
+/// A configuration problem, always naming the field it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+fn config_err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    /// Filled from `VISA_ADMIN_KEY`, never from the file.
+    #[serde(skip)]
+    pub admin_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Largest request body accepted, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Requests handled at once across all tenants; more are shed with 429.
+    pub max_concurrent_requests: usize,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits.
+    pub shutdown_grace_ms: u64,
+    /// TCP connect timeout of the one pooled upstream HTTP client.
+    pub upstream_connect_timeout_ms: u64,
+    /// Idle connections kept per upstream host.
+    pub upstream_pool_max_idle_per_host: usize,
+    /// Folder served at `/static` (the web console).
+    pub static_dir: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: 1024,
+            shutdown_grace_ms: 30_000,
+            upstream_connect_timeout_ms: 5_000,
+            upstream_pool_max_idle_per_host: 256,
+            static_dir: "static".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `visa_proxy=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// Base URL up to and including the API version, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Name of the environment variable that holds the upstream's API key (read once at start).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Whole exchange, streamed bodies included.
+    #[serde(default = "default_total_timeout_ms")]
+    pub total_timeout_ms: u64,
+    /// For streams: from sending the request to the first event.
+    #[serde(default = "default_first_byte_timeout_ms")]
+    pub first_byte_timeout_ms: u64,
+    /// For streams: longest silence between two events once the stream runs.
+    #[serde(default = "default_stream_idle_timeout_ms")]
+    pub stream_idle_timeout_ms: u64,
+    /// Retries on connect errors and 429/502/503/504, only before anything reached the client.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    #[serde(default = "default_retry_backoff_max_ms")]
+    pub retry_backoff_max_ms: u64,
+    /// Tenant-facing model alias -> model name sent to this upstream.
+    #[serde(default)]
+    pub models: BTreeMap<String, String>,
+    /// Also list the upstream's own `/models` in `GET /v1/models`.
+    #[serde(default = "default_true")]
+    pub list_models: bool,
+    /// `/readyz` does not probe this upstream when true.
+    #[serde(default)]
+    pub skip_readiness_check: bool,
+}
+
+fn default_total_timeout_ms() -> u64 {
+    600_000
+}
+fn default_first_byte_timeout_ms() -> u64 {
+    60_000
+}
+fn default_stream_idle_timeout_ms() -> u64 {
+    120_000
+}
+fn default_max_retries() -> u32 {
+    2
+}
+fn default_retry_backoff_ms() -> u64 {
+    100
+}
+fn default_retry_backoff_max_ms() -> u64 {
+    2_000
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    /// Hex SHA-256 digests of the tenant's API keys (`visa-proxy hash-key KEY` prints one).
+    pub api_key_sha256: Vec<String>,
+    /// Upstreams this tenant may use; the first one answers models that no alias names.
+    pub upstreams: Vec<String>,
+    #[serde(default)]
+    pub limits: TenantLimits,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    /// Requests in flight at once (None: unlimited).
+    pub max_concurrent: Option<u32>,
+    /// Requests per minute, enforced as a token bucket with a burst of one minute's worth.
+    pub requests_per_minute: Option<u32>,
+}
+
+impl UpstreamConfig {
+    pub fn total_timeout(&self) -> Duration {
+        Duration::from_millis(self.total_timeout_ms)
+    }
+    pub fn first_byte_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_byte_timeout_ms)
+    }
+    pub fn stream_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.stream_idle_timeout_ms)
+    }
+}
+
+impl Config {
+    /// Parse TOML text; errors name the offending key (toml reports the path and line).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let field = e
+                .span()
+                .map(|s| {
+                    let before = &text[..s.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "config".into());
+            config_err(field, e.message().trim().to_string())
+        })
+    }
+
+    /// Read the file, apply environment overrides, validate.
+    pub fn load(path: &Path, listen_override: Option<String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| config_err(path.display().to_string(), format!("cannot read: {e}")))?;
+        let mut config = Self::from_toml(&text)?;
+        config.apply_env(listen_override);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// `--listen` beats `VISA_LISTEN`, which beats the file; the admin key only comes from env.
+    pub fn apply_env(&mut self, listen_override: Option<String>) {
+        if let Some(listen) = listen_override {
+            self.server.listen = listen;
+        } else if let Ok(listen) = std::env::var(ENV_LISTEN) {
+            self.server.listen = listen;
+        }
+        self.admin_key = std::env::var(ENV_ADMIN_KEY).ok().filter(|k| !k.is_empty());
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|e| {
+            config_err(
+                "server.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8080: {e}",
+                    self.server.listen
+                ),
+            )
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.server.max_body_bytes == 0 {
+            return Err(config_err("server.max_body_bytes", "must be above 0"));
+        }
+        if self.server.max_concurrent_requests == 0 {
+            return Err(config_err(
+                "server.max_concurrent_requests",
+                "must be above 0",
+            ));
+        }
+        if self.upstreams.is_empty() {
+            return Err(config_err(
+                "upstreams",
+                "at least one [[upstreams]] entry is needed",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let at = |f: &str| format!("upstreams[{i}].{f}");
+            if u.name.trim().is_empty() {
+                return Err(config_err(at("name"), "must not be empty"));
+            }
+            if !names.insert(u.name.as_str()) {
+                return Err(config_err(
+                    at("name"),
+                    format!("duplicate upstream {:?}", u.name),
+                ));
+            }
+            let url = reqwest::Url::parse(&u.base_url)
+                .map_err(|e| config_err(at("base_url"), format!("{:?}: {e}", u.base_url)))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(config_err(at("base_url"), "must be an http or https URL"));
+            }
+            for (f, v) in [
+                ("total_timeout_ms", u.total_timeout_ms),
+                ("first_byte_timeout_ms", u.first_byte_timeout_ms),
+                ("stream_idle_timeout_ms", u.stream_idle_timeout_ms),
+            ] {
+                if v == 0 {
+                    return Err(config_err(at(f), "must be above 0"));
+                }
+            }
+            if let Some(var) = &u.api_key_env {
+                match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => {}
+                    _ => {
+                        return Err(config_err(
+                            at("api_key_env"),
+                            format!("environment variable {var} is not set"),
+                        ));
+                    }
+                }
+            }
+            for (alias, model) in &u.models {
+                if alias.is_empty() || model.is_empty() {
+                    return Err(config_err(
+                        at("models"),
+                        "aliases and model names must not be empty",
+                    ));
+                }
+            }
+        }
+        let mut tenant_ids = HashSet::new();
+        let mut key_hashes = HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let at = |f: &str| format!("tenants[{i}].{f}");
+            if t.id.trim().is_empty() {
+                return Err(config_err(at("id"), "must not be empty"));
+            }
+            if !tenant_ids.insert(t.id.as_str()) {
+                return Err(config_err(at("id"), format!("duplicate tenant {:?}", t.id)));
+            }
+            if t.api_key_sha256.is_empty() {
+                return Err(config_err(
+                    at("api_key_sha256"),
+                    "at least one key hash is needed",
+                ));
+            }
+            for (k, h) in t.api_key_sha256.iter().enumerate() {
+                let field = format!("tenants[{i}].api_key_sha256[{k}]");
+                let bytes = decode_sha256(h).map_err(|m| config_err(&field, m))?;
+                if !key_hashes.insert(bytes) {
+                    return Err(config_err(field, "this key hash is already used"));
+                }
+            }
+            if t.upstreams.is_empty() {
+                return Err(config_err(at("upstreams"), "name at least one upstream"));
+            }
+            for (k, name) in t.upstreams.iter().enumerate() {
+                if !names.contains(name.as_str()) {
+                    return Err(config_err(
+                        format!("tenants[{i}].upstreams[{k}]"),
+                        format!("unknown upstream {name:?}"),
+                    ));
+                }
+            }
+            if t.limits.max_concurrent == Some(0) {
+                return Err(config_err(
+                    at("limits.max_concurrent"),
+                    "must be above 0 (omit for no limit)",
+                ));
+            }
+            if t.limits.requests_per_minute == Some(0) {
+                return Err(config_err(
+                    at("limits.requests_per_minute"),
+                    "must be above 0 (omit for no limit)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decode a hex SHA-256 digest (64 hex characters).
+pub fn decode_sha256(hex_digest: &str) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_digest.trim(), &mut out)
+        .map_err(|e| format!("not a 64-character hex SHA-256 digest: {e}"))?;
+    Ok(out)
+}
+
+/// SHA-256 of an API key, as stored in `api_key_sha256`.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[upstreams]]
+name = "mock"
+base_url = "http://127.0.0.1:9/v1"
+
+[[tenants]]
+id = "t1"
+api_key_sha256 = ["2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]
+upstreams = ["mock"]
+"#;
+
+    #[test]
+    fn minimal_config_is_valid_with_defaults() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.upstreams[0].max_retries, 2);
+        assert_eq!(hex::encode(hash_key("foo")), c.tenants[0].api_key_sha256[0]);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = MINIMAL.replace("base_url", "base_ur");
+        let e = Config::from_toml(&text).unwrap_err();
+        assert!(e.to_string().contains("base_ur"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let text = MINIMAL.replace("upstreams = [\"mock\"]", "upstreams = [\"nope\"]");
+        let e = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        assert_eq!(e.field, "tenants[0].upstreams[0]");
+
+        let text = MINIMAL.replace("2c26", "zz26");
+        let e = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        assert_eq!(e.field, "tenants[0].api_key_sha256[0]");
+
+        let text = MINIMAL.replace("http://127.0.0.1:9/v1", "ftp://x");
+        let e = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        assert_eq!(e.field, "upstreams[0].base_url");
+
+        let text = format!("{MINIMAL}\n[tenants.limits]\nmax_concurrent = 0\n");
+        let e = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        assert_eq!(e.field, "tenants[0].limits.max_concurrent");
+    }
+
+    #[test]
+    fn missing_api_key_env_is_an_error() {
+        let text = MINIMAL.replace(
+            "base_url = \"http://127.0.0.1:9/v1\"",
+            "base_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"VISA_TEST_SURELY_UNSET_VAR\"",
+        );
+        let e = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        assert_eq!(e.field, "upstreams[0].api_key_env");
+    }
+}

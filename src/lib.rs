@@ -1,0 +1,14 @@
+//! visa-proxy: an OpenAI-compatible proxy that enforces per-tenant value profiles on LLM answers.
+//!
+//! The binary in `main.rs` only parses the command line; everything else lives here so that
+//! tests and benchmarks drive the same code.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod stage;
+pub mod telemetry;
+pub mod tenants;
+pub mod upstream;

@@ -1,0 +1,197 @@
+//! Prometheus metrics: requests by route/status/tenant, latency, upstream latency, in-flight
+//! requests, load shedding, and the proxy's own overhead (total time minus upstream waiting).
+
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteTenantLabels {
+    pub route: String,
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 us .. ~105 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 21,
+    ))
+}
+
+fn overhead_histogram() -> Histogram {
+    // 10 us .. ~10 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00001, 2.0, 21,
+    ))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteTenantLabels, Histogram, fn() -> Histogram>,
+    overhead: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    upstream_duration: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    in_flight: Family<RouteLabels, Gauge<i64, AtomicI64>>,
+    rejected: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("visa");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration =
+            Family::<RouteTenantLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        let overhead = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            overhead_histogram as fn() -> Histogram,
+        );
+        let upstream_duration =
+            Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        let in_flight = Family::<RouteLabels, Gauge<i64, AtomicI64>>::default();
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method, status and tenant",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to the end of the response body (streams included)",
+            duration.clone(),
+        );
+        registry.register(
+            "proxy_overhead_seconds",
+            "Request time minus time spent waiting on upstreams: the proxy's own cost",
+            overhead.clone(),
+        );
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Time from sending a request to an upstream until its response headers, per attempt",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "Requests being handled now, by route",
+            in_flight.clone(),
+        );
+        registry.register(
+            "rejected_requests",
+            "Requests refused before reaching a handler (auth, limits, load shedding)",
+            rejected.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            overhead,
+            upstream_duration,
+            in_flight,
+            rejected,
+        }
+    }
+
+    pub fn finished(
+        &self,
+        route: &str,
+        method: &str,
+        status: u16,
+        tenant: &str,
+        total: Duration,
+        upstream: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status,
+                tenant: tenant.to_owned(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&RouteTenantLabels {
+                route: route.to_owned(),
+                tenant: tenant.to_owned(),
+            })
+            .observe(total.as_secs_f64());
+        if !upstream.is_zero() {
+            self.overhead
+                .get_or_create(&RouteLabels {
+                    route: route.to_owned(),
+                })
+                .observe(total.saturating_sub(upstream).as_secs_f64());
+        }
+    }
+
+    pub fn upstream_attempt(&self, upstream: &str, outcome: &str, waited: Duration) {
+        self.upstream_duration
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    pub fn in_flight(&self, route: &str) -> Gauge<i64, AtomicI64> {
+        self.in_flight
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,54 @@
+//! A JSON body extractor whose every rejection is an OpenAI-shaped error: 413 over the size
+//! limit, 400 for bytes that are not JSON, 422 for JSON of the wrong shape.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ErrorKind};
+
+/// `Json<T>` with OpenAI-shaped rejections.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    ErrorKind::PayloadTooLarge,
+                    "The request body is larger than this proxy accepts (server.max_body_bytes).",
+                )
+            } else {
+                ApiError::invalid_request(format!("Could not read the request body: {rejection}"))
+            }
+        })?;
+        parse(&bytes).map(JsonBody)
+    }
+}
+
+/// Parse bytes as `T`, classifying errors the way [`JsonBody`] does.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidJson,
+            "The request body is empty; send a JSON object.",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::new(
+            ErrorKind::Unprocessable,
+            format!("The request body has the wrong shape: {e}"),
+        ),
+        _ => ApiError::new(
+            ErrorKind::InvalidJson,
+            format!("We could not parse the JSON body of your request: {e}"),
+        ),
+    })
+}

@@ -1,0 +1,81 @@
+//! Open routes for operators: liveness, readiness (upstreams reachable), Prometheus metrics,
+//! and the landing page.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is alive", body = Object, example = json!({"status":"ok"}))))]
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Configuration loaded and every upstream reachable (or its check skipped)", body = Object,
+            example = json!({"status":"ready","upstreams":{"openai":"ok","local-vllm":"skipped"}})),
+        (status = 503, description = "Some upstream cannot be reached", body = Object,
+            example = json!({"status":"not_ready","upstreams":{"openai":"unreachable: connection refused"}})),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let checks =
+        futures_util::future::join_all(state.upstreams.all().into_iter().map(|u| async move {
+            let outcome = if u.config.skip_readiness_check {
+                Ok("skipped".to_owned())
+            } else {
+                u.probe().await.map(|()| "ok".to_owned())
+            };
+            (u.name().to_owned(), outcome)
+        }))
+        .await;
+    let mut ready = true;
+    let mut upstreams = Map::new();
+    for (name, outcome) in checks {
+        let text = match outcome {
+            Ok(s) => s,
+            Err(e) => {
+                ready = false;
+                format!("unreachable: {e}")
+            }
+        };
+        upstreams.insert(name, Value::String(text));
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({"status": if ready { "ready" } else { "not_ready" }, "upstreams": upstreams});
+    (status, Json(body)).into_response()
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `/`: the console's entry page when `static/index.html` exists.
+pub async fn index(State(state): State<AppState>) -> Response {
+    let path = std::path::Path::new(&state.config.server.static_dir).join("index.html");
+    match tokio::fs::read_to_string(&path).await {
+        Ok(html) => Html(html).into_response(),
+        Err(_) => crate::error::ApiError::new(
+            crate::error::ErrorKind::NotFound,
+            "no console is installed (static/index.html)",
+        )
+        .into_response(),
+    }
+}

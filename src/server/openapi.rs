@@ -1,0 +1,147 @@
+//! The OpenAPI document, generated from the handlers' annotations, and the schemas it names.
+//! `visa-proxy openapi` prints it; `openapi/openapi.json` is the committed copy.
+
+#![allow(dead_code)] // The schema types exist for documentation only.
+
+use std::sync::OnceLock;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// An OpenAI error body, the shape of every error this proxy returns.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"error":{"message":"Incorrect API key provided.","type":"authentication_error","param":null,"code":"invalid_api_key"}}))]
+pub struct ErrorResponse {
+    pub error: ErrorObject,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorObject {
+    /// What went wrong, for people.
+    pub message: String,
+    /// invalid_request_error, authentication_error, permission_error, rate_limit_error,
+    /// overloaded_error, upstream_error or server_error.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request field at fault, when there is one.
+    pub param: Option<String>,
+    /// A stable machine-readable reason, e.g. `invalid_api_key`, `rate_limit_exceeded`.
+    pub code: String,
+}
+
+/// A chat-completions request as OpenAI defines it. Only `model`, `messages`, `stream` and
+/// `stream_options` are read by the proxy; every other field (tools, tool_choice,
+/// response_format, n, logprobs, seed, ...) is forwarded unchanged.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"stream":false}))]
+pub struct ChatCompletionRequest {
+    /// A model name or a configured alias.
+    pub model: String,
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<serde_json::Value>,
+    pub stream: Option<bool>,
+    #[schema(value_type = Option<Object>)]
+    pub stream_options: Option<serde_json::Value>,
+}
+
+/// A chat completion as the upstream returned it.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}))]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: i64,
+    pub model: String,
+    #[schema(value_type = Vec<Object>)]
+    pub choices: Vec<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"object":"list","data":[{"id":"fast","object":"model","created":0,"owned_by":"openai"}]}))]
+pub struct ModelList {
+    pub object: String,
+    #[schema(value_type = Vec<Object>)]
+    pub data: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"object":"list","data":[{"id":"acme","upstreams":["openai"],"limits":{"max_concurrent":16,"requests_per_minute":600},"in_flight":0,"admitted_total":42}]}))]
+pub struct TenantList {
+    pub object: String,
+    #[schema(value_type = Vec<Object>)]
+    pub data: Vec<serde_json::Value>,
+}
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A tenant API key, as OpenAI SDKs send it"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The admin key from VISA_ADMIN_KEY"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "visa-proxy",
+        description = "OpenAI-compatible proxy that enforces per-tenant value profiles on LLM answers.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        crate::server::chat::chat_completions,
+        crate::server::models::list_models,
+        crate::server::admin::list_tenants,
+        crate::server::health::healthz,
+        crate::server::health::readyz,
+        crate::server::health::metrics,
+        openapi_json,
+    ),
+    components(schemas(ErrorResponse, ErrorObject, ChatCompletionRequest, ChatCompletion, ModelList, TenantList)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "chat", description = "OpenAI-compatible endpoints"),
+        (name = "admin", description = "Management, with the admin key"),
+        (name = "operations", description = "Health, readiness, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON with a trailing newline, as committed.
+pub fn document() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let mut text = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned());
+    text.push('\n');
+    text
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This OpenAPI document", body = Object)))]
+pub async fn openapi_json() -> Response {
+    static DOC: OnceLock<String> = OnceLock::new();
+    let doc = DOC.get_or_init(document).clone();
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
+}

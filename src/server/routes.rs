@@ -1,0 +1,68 @@
+//! The route table: each path once, with the layers that guard it. Logic lives in the handlers.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::services::ServeDir;
+
+use super::{AppState, admin, auth, chat, health, models, observe, openapi};
+use crate::error::{ApiError, ErrorKind};
+
+pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+pub const MODELS: &str = "/v1/models";
+pub const TENANTS: &str = "/v1/tenants";
+pub const HEALTHZ: &str = "/healthz";
+pub const READYZ: &str = "/readyz";
+pub const METRICS: &str = "/metrics";
+pub const OPENAPI: &str = "/openapi.json";
+
+pub fn router(state: AppState) -> Router {
+    // Tenant routes: a tenant API key, the tenant's own limits.
+    let tenant_routes = Router::new()
+        .route(CHAT_COMPLETIONS, post(chat::chat_completions))
+        .route(MODELS, get(models::list_models))
+        .route_layer(from_fn_with_state(state.clone(), auth::tenant_auth));
+    // Management routes: the admin key.
+    let admin_routes = Router::new()
+        .route(TENANTS, get(admin::list_tenants))
+        .route_layer(from_fn_with_state(state.clone(), auth::admin_auth));
+    // Everything under /v1 counts against the global concurrency limit.
+    let api = tenant_routes
+        .merge(admin_routes)
+        .route_layer(from_fn_with_state(state.clone(), observe::shed_load));
+    // Open routes: no key.
+    let open = Router::new()
+        .route(HEALTHZ, get(health::healthz))
+        .route(READYZ, get(health::readyz))
+        .route(METRICS, get(health::metrics))
+        .route(OPENAPI, get(openapi::openapi_json))
+        .route("/", get(health::index))
+        .nest_service("/static", ServeDir::new(&state.config.server.static_dir));
+
+    open.merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(from_fn_with_state(state.clone(), observe::observe))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a handler panicked");
+    ApiError::internal("internal error").into_response()
+}

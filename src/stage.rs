@@ -1,0 +1,79 @@
+//! The seam between "the upstream answered" and "the client receives": a [`ResponseStage`]
+//! sees every JSON answer and every stream before the client does. Value enforcement plugs in
+//! here; until then [`PassThrough`] forwards answers unchanged.
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::error::ApiError;
+use crate::tenants::Tenant;
+use crate::upstream::sse::{EventStream, StreamEvent};
+
+/// What a stage knows about the request it works on.
+#[derive(Clone)]
+pub struct StageContext {
+    pub tenant: Arc<Tenant>,
+    pub request_id: String,
+    /// The client's request body as sent upstream (after alias mapping).
+    pub request: Arc<serde_json::Value>,
+}
+
+/// A stream as a stage receives and returns it: the first event plus the rest.
+pub struct StageStream {
+    pub first: StreamEvent,
+    pub rest: EventStream,
+    /// Headers to add to the client's response (e.g. what the stage decided).
+    pub headers: HeaderMap,
+}
+
+/// A stage's JSON result: the body and headers to add.
+pub struct StageJson {
+    pub body: Bytes,
+    pub headers: HeaderMap,
+}
+
+pub trait ResponseStage: Send + Sync + 'static {
+    /// A complete, successful JSON answer (already checked to be JSON).
+    fn json(
+        &self,
+        ctx: StageContext,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<StageJson, ApiError>>;
+
+    /// A stream; the stage may hold, change or end events. An `Err` item ends the stream with
+    /// an error event.
+    fn stream(
+        &self,
+        ctx: StageContext,
+        stream: StageStream,
+    ) -> BoxFuture<'static, Result<StageStream, ApiError>>;
+}
+
+/// Forwards everything unchanged.
+pub struct PassThrough;
+
+impl ResponseStage for PassThrough {
+    fn json(
+        &self,
+        _ctx: StageContext,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<StageJson, ApiError>> {
+        Box::pin(async move {
+            Ok(StageJson {
+                body,
+                headers: HeaderMap::new(),
+            })
+        })
+    }
+
+    fn stream(
+        &self,
+        _ctx: StageContext,
+        stream: StageStream,
+    ) -> BoxFuture<'static, Result<StageStream, ApiError>> {
+        Box::pin(async move { Ok(stream) })
+    }
+}

@@ -1,0 +1,453 @@
+//! An OpenAI-compatible upstream reached over HTTP: timeouts, retries before the first byte,
+//! JSON answers, and SSE streams turned into checked events.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, StatusCode, header};
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use reqwest::Client;
+
+use super::sse::{EventStream, StreamEvent, classify_data};
+use super::{JsonReply, StreamReply, UpstreamError};
+use crate::config::UpstreamConfig;
+use crate::error::{ApiError, is_openai_error_body};
+use crate::metrics::Metrics;
+
+/// Time spent waiting on upstreams for one client request, so the proxy's own overhead can be
+/// measured as total time minus this.
+#[derive(Clone, Default, Debug)]
+pub struct UpstreamTimer(Arc<AtomicU64>);
+
+impl UpstreamTimer {
+    pub fn add(&self, d: Duration) {
+        self.0.fetch_add(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+    }
+    pub fn total(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// What one chat-completions call sends.
+pub struct ChatCall {
+    pub body: Bytes,
+    pub stream: bool,
+    pub request_id: String,
+    pub timer: UpstreamTimer,
+}
+
+/// Statuses retried before anything reached the client.
+const RETRYABLE: [StatusCode; 4] = [
+    StatusCode::TOO_MANY_REQUESTS,
+    StatusCode::BAD_GATEWAY,
+    StatusCode::SERVICE_UNAVAILABLE,
+    StatusCode::GATEWAY_TIMEOUT,
+];
+
+/// Error bodies are read up to this size.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+pub struct HttpUpstream {
+    pub config: UpstreamConfig,
+    base_url: String,
+    auth: Option<HeaderValue>,
+    client: Client,
+    metrics: Arc<Metrics>,
+}
+
+impl HttpUpstream {
+    /// `api_key` is the value of the configured environment variable, read once at start.
+    pub fn new(
+        config: UpstreamConfig,
+        api_key: Option<String>,
+        client: Client,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let auth = match api_key {
+            Some(k) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {k}")).map_err(|_| {
+                    "the API key holds characters not allowed in a header".to_string()
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(Self {
+            base_url: config.base_url.trim_end_matches('/').to_owned(),
+            config,
+            auth,
+            client,
+            metrics,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let base = self
+            .config
+            .retry_backoff_ms
+            .saturating_mul(1u64 << attempt.min(16));
+        let capped = base.min(self.config.retry_backoff_max_ms);
+        // Up to 25% jitter so that retries of many clients do not arrive together.
+        let jitter = (capped / 4).max(1);
+        let jittered = capped + u64::from(uuid::Uuid::new_v4().as_u128() as u16) % jitter;
+        let wait = Duration::from_millis(jittered);
+        match retry_after {
+            Some(ra) if ra <= Duration::from_millis(self.config.retry_backoff_max_ms) => {
+                ra.max(wait)
+            }
+            _ => wait,
+        }
+    }
+
+    /// Send the request, retrying connect errors and retryable statuses. Returns the first
+    /// response that is not retried (which may be an error status) or a timeout/connect error.
+    async fn send_with_retries(
+        &self,
+        call: &ChatCall,
+        deadline: Instant,
+        header_deadline: Instant,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = self.url("/chat/completions");
+        let mut attempt: u32 = 0;
+        loop {
+            let now = Instant::now();
+            if now >= header_deadline {
+                return Err(self.timeout_error(call.stream));
+            }
+            let mut req = self
+                .client
+                .post(&url)
+                .timeout(deadline.saturating_duration_since(now))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("x-request-id", &call.request_id)
+                .body(call.body.clone());
+            if call.stream {
+                req = req.header(header::ACCEPT, "text/event-stream");
+            }
+            if let Some(auth) = &self.auth {
+                req = req.header(header::AUTHORIZATION, auth.clone());
+            }
+            let started = Instant::now();
+            let sent = tokio::time::timeout(
+                header_deadline.saturating_duration_since(started),
+                req.send(),
+            )
+            .await;
+            let waited = started.elapsed();
+            call.timer.add(waited);
+            let retries_left = attempt < self.config.max_retries;
+            match sent {
+                Err(_) => {
+                    self.metrics
+                        .upstream_attempt(self.name(), "timeout", waited);
+                    return Err(self.timeout_error(call.stream));
+                }
+                Ok(Err(e)) if e.is_timeout() => {
+                    self.metrics
+                        .upstream_attempt(self.name(), "timeout", waited);
+                    return Err(self.timeout_error(call.stream));
+                }
+                Ok(Err(e)) => {
+                    self.metrics
+                        .upstream_attempt(self.name(), "connect_error", waited);
+                    if e.is_connect() && retries_left {
+                        tracing::warn!(upstream = self.name(), attempt, error = %e, "upstream connect failed, retrying");
+                        tokio::time::sleep(self.backoff(attempt, None)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(ApiError::bad_gateway(format!(
+                        "upstream {} could not be reached: {}",
+                        self.name(),
+                        error_chain(&e)
+                    ))
+                    .into());
+                }
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    self.metrics
+                        .upstream_attempt(self.name(), status.as_str(), waited);
+                    if RETRYABLE.contains(&status) && retries_left {
+                        let retry_after = resp
+                            .headers()
+                            .get(header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .map(Duration::from_secs);
+                        tracing::warn!(upstream = self.name(), attempt, %status, "upstream answered a retryable status, retrying");
+                        drop(resp);
+                        tokio::time::sleep(self.backoff(attempt, retry_after)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Ok(resp);
+                }
+            }
+        }
+    }
+
+    fn timeout_error(&self, stream: bool) -> UpstreamError {
+        let (what, ms) = if stream {
+            ("its first byte", self.config.first_byte_timeout_ms)
+        } else {
+            ("an answer", self.config.total_timeout_ms)
+        };
+        ApiError::gateway_timeout(format!(
+            "upstream {} did not send {what} within {ms} ms",
+            self.name()
+        ))
+        .into()
+    }
+
+    /// Turn a non-success upstream response into the error the client sees: passed through when
+    /// it is OpenAI-shaped, otherwise a 502 that says what came back.
+    async fn error_from(&self, resp: reqwest::Response, timer: &UpstreamTimer) -> UpstreamError {
+        let status = resp.status();
+        let headers = super::headers::pass_back(resp.headers());
+        let started = Instant::now();
+        let body = read_limited(resp, MAX_ERROR_BODY).await;
+        timer.add(started.elapsed());
+        match body {
+            Ok(body) if is_openai_error_body(&body) => UpstreamError::Passthrough {
+                status,
+                headers,
+                body,
+            },
+            Ok(body) => {
+                let snippet: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+                ApiError::bad_gateway(format!(
+                    "upstream {} answered {status} with a body that is not an OpenAI error: {snippet:?}",
+                    self.name()
+                ))
+                .into()
+            }
+            Err(e) => ApiError::bad_gateway(format!(
+                "upstream {} answered {status} and then failed: {e}",
+                self.name()
+            ))
+            .into(),
+        }
+    }
+
+    /// A non-streaming chat completion.
+    pub async fn chat_json(&self, call: ChatCall) -> Result<JsonReply, UpstreamError> {
+        let deadline = Instant::now() + self.config.total_timeout();
+        let resp = self.send_with_retries(&call, deadline, deadline).await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from(resp, &call.timer).await);
+        }
+        let status = resp.status();
+        let headers = super::headers::pass_back(resp.headers());
+        let started = Instant::now();
+        let body = resp.bytes().await;
+        call.timer.add(started.elapsed());
+        let body = body.map_err(|e| {
+            if e.is_timeout() {
+                self.timeout_error(false)
+            } else {
+                ApiError::bad_gateway(format!(
+                    "upstream {} broke off its answer: {}",
+                    self.name(),
+                    error_chain(&e)
+                ))
+                .into()
+            }
+        })?;
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            let snippet: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            return Err(ApiError::bad_gateway(format!(
+                "upstream {} answered with a body that is not JSON: {snippet:?}",
+                self.name()
+            ))
+            .into());
+        }
+        Ok(JsonReply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// A streamed chat completion. Returns once the first event arrived (so that retries and
+    /// error statuses are still possible), with that event and the rest of the stream.
+    pub async fn chat_stream(&self, call: ChatCall) -> Result<StreamReply, UpstreamError> {
+        let start = Instant::now();
+        let deadline = start + self.config.total_timeout();
+        let first_byte_deadline = (start + self.config.first_byte_timeout()).min(deadline);
+        let resp = self
+            .send_with_retries(&call, deadline, first_byte_deadline)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from(resp, &call.timer).await);
+        }
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !content_type.starts_with("text/event-stream") {
+            return Err(ApiError::bad_gateway(format!(
+                "upstream {} answered a stream request with content-type {content_type:?}, not text/event-stream",
+                self.name()
+            ))
+            .into());
+        }
+        let headers = super::headers::pass_back(resp.headers());
+        let name = self.name().to_owned();
+        let idle = self.config.stream_idle_timeout();
+        let mut events = resp.bytes_stream().eventsource();
+
+        // The first event, within the first-byte deadline.
+        let waited_from = Instant::now();
+        let first = tokio::time::timeout(
+            first_byte_deadline.saturating_duration_since(waited_from),
+            events.next(),
+        )
+        .await;
+        call.timer.add(waited_from.elapsed());
+        let first = match first {
+            Err(_) => return Err(self.timeout_error(true)),
+            Ok(None) => {
+                return Err(ApiError::bad_gateway(format!(
+                    "upstream {name} closed the stream before sending any event"
+                ))
+                .into());
+            }
+            Ok(Some(Err(e))) => {
+                return Err(
+                    ApiError::bad_gateway(format!("upstream {name} stream failed: {e}")).into(),
+                );
+            }
+            Ok(Some(Ok(ev))) => classify_data(&ev.data).map_err(UpstreamError::from)?,
+        };
+
+        let timer = call.timer.clone();
+        let rest: EventStream = if first == StreamEvent::Done {
+            futures_util::stream::empty().boxed()
+        } else {
+            async_stream::stream! {
+                loop {
+                    let waited_from = Instant::now();
+                    let next = tokio::time::timeout(idle, events.next()).await;
+                    timer.add(waited_from.elapsed());
+                    match next {
+                        Err(_) => {
+                            yield Err(ApiError::gateway_timeout(format!(
+                                "upstream {name} sent nothing for {} ms mid-stream", idle.as_millis()
+                            )));
+                            break;
+                        }
+                        Ok(None) => {
+                            yield Err(ApiError::bad_gateway(format!(
+                                "upstream {name} closed the stream before it finished"
+                            )));
+                            break;
+                        }
+                        Ok(Some(Err(e))) => {
+                            yield Err(ApiError::bad_gateway(format!(
+                                "upstream {name} stream broke off: {e}"
+                            )));
+                            break;
+                        }
+                        Ok(Some(Ok(ev))) => match classify_data(&ev.data) {
+                            Ok(StreamEvent::Done) => {
+                                yield Ok(StreamEvent::Done);
+                                break;
+                            }
+                            Ok(ev) => yield Ok(ev),
+                            Err(e) => {
+                                yield Err(e);
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+            .boxed()
+        };
+        Ok(StreamReply {
+            headers,
+            first,
+            rest,
+        })
+    }
+
+    /// The upstream's own model list (`GET /models`), as OpenAI model objects.
+    pub async fn list_models(&self) -> Result<Vec<serde_json::Value>, String> {
+        let mut req = self.client.get(self.url("/models")).timeout(
+            self.config
+                .first_byte_timeout()
+                .min(Duration::from_secs(10)),
+        );
+        if let Some(auth) = &self.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        let resp = req.send().await.map_err(|e| error_chain(&e))?;
+        if !resp.status().is_success() {
+            return Err(format!("GET /models answered {}", resp.status()));
+        }
+        let bytes = resp.bytes().await.map_err(|e| error_chain(&e))?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("GET /models: {e}"))?;
+        match body.get("data").and_then(|d| d.as_array()) {
+            Some(list) => Ok(list.clone()),
+            None => Err("GET /models did not return a list".into()),
+        }
+    }
+
+    /// Reachability for `/readyz`: any HTTP answer counts, an auth error included.
+    pub async fn probe(&self) -> Result<(), String> {
+        let mut req = self
+            .client
+            .get(self.url("/models"))
+            .timeout(Duration::from_secs(2));
+        if let Some(auth) = &self.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        req.send().await.map(|_| ()).map_err(|e| error_chain(&e))
+    }
+}
+
+/// Read at most `limit` bytes of a body.
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+        let room = limit.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if buf.len() >= limit {
+            break;
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// An error with its sources, e.g. "error sending request: connection refused".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,156 @@
+//! Upstreams: the LLM APIs the proxy forwards to, how a tenant's model name picks one, and
+//! what an upstream answer looks like to the rest of the proxy.
+
+pub mod headers;
+pub mod http;
+pub mod sse;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::error::{ApiError, ErrorKind};
+use crate::metrics::Metrics;
+use crate::tenants::Tenant;
+pub use http::{ChatCall, HttpUpstream, UpstreamTimer};
+use sse::{EventStream, StreamEvent};
+
+/// A complete JSON answer (success statuses only).
+pub struct JsonReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A stream whose first event already arrived.
+pub struct StreamReply {
+    pub headers: HeaderMap,
+    pub first: StreamEvent,
+    pub rest: EventStream,
+}
+
+/// Why no answer can be given: the proxy's own error, or the upstream's OpenAI-shaped error
+/// passed through with its status.
+#[derive(Debug)]
+pub enum UpstreamError {
+    Api(ApiError),
+    Passthrough {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+}
+
+impl From<ApiError> for UpstreamError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl IntoResponse for UpstreamError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Api(e) => e.into_response(),
+            Self::Passthrough {
+                status,
+                mut headers,
+                body,
+            } => {
+                headers.insert(
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/json"),
+                );
+                (status, headers, body).into_response()
+            }
+        }
+    }
+}
+
+/// Where one request goes.
+pub struct Route {
+    pub upstream: Arc<HttpUpstream>,
+    /// The model name to send, when an alias mapped it.
+    pub model: Option<String>,
+}
+
+/// All configured upstreams, sharing one pooled HTTP client.
+pub struct Upstreams {
+    by_name: HashMap<String, Arc<HttpUpstream>>,
+    order: Vec<String>,
+}
+
+impl Upstreams {
+    pub fn from_config(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(
+                config.server.upstream_connect_timeout_ms,
+            ))
+            .pool_max_idle_per_host(config.server.upstream_pool_max_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .user_agent(concat!("visa-proxy/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let mut by_name = HashMap::new();
+        let mut order = Vec::new();
+        for (i, u) in config.upstreams.iter().enumerate() {
+            let key = match &u.api_key_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| {
+                    anyhow::anyhow!(
+                        "upstreams[{i}].api_key_env: environment variable {var} is not set"
+                    )
+                })?),
+                None => None,
+            };
+            let up = HttpUpstream::new(u.clone(), key, client.clone(), metrics.clone())
+                .map_err(|m| anyhow::anyhow!("upstreams[{i}].api_key_env: {m}"))?;
+            order.push(u.name.clone());
+            by_name.insert(u.name.clone(), Arc::new(up));
+        }
+        Ok(Self { by_name, order })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<HttpUpstream>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// Every upstream in configuration order.
+    pub fn all(&self) -> Vec<Arc<HttpUpstream>> {
+        self.order.iter().filter_map(|n| self.get(n)).collect()
+    }
+
+    /// The upstream for `model` among the tenant's: the one that defines it as an alias, else
+    /// the tenant's first upstream with the model name unchanged.
+    pub fn route(&self, tenant: &Tenant, model: &str) -> Result<Route, ApiError> {
+        for name in &tenant.upstreams {
+            if let Some(up) = self.by_name.get(name)
+                && let Some(mapped) = up.config.models.get(model)
+            {
+                return Ok(Route {
+                    upstream: up.clone(),
+                    model: Some(mapped.clone()),
+                });
+            }
+        }
+        let default = tenant.default_upstream();
+        self.by_name
+            .get(default)
+            .map(|up| Route {
+                upstream: up.clone(),
+                model: None,
+            })
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "tenant {} names upstream {default:?}, which does not exist",
+                        tenant.id
+                    ),
+                )
+            })
+    }
+}
