@@ -95,20 +95,23 @@ fn hash_key(key: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("visa-http")
-        .build()?)
+/// The HTTP runtime; `workers` 0 means one worker per CPU.
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    Ok(builder.enable_all().thread_name("visa-http").build()?)
 }
 
 fn serve(path: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
     let config = Config::load(&path, listen)?;
-    crate::telemetry::init(&config.log);
+    let _log_guard = crate::telemetry::init(&config.log);
     let addr = config.listen_addr()?;
+    let workers = config.server.worker_threads;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let state = AppState::from_config(config)?;
-    runtime()?.block_on(async move {
+    runtime(workers)?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("server.listen: cannot listen on {addr}: {e}"))?;
@@ -147,7 +150,7 @@ async fn signal_watch(token: CancellationToken) {
 }
 
 fn healthcheck(url: &str) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
+    runtime(1)?.block_on(async {
         let resp = reqwest::Client::new()
             .get(url)
             .timeout(Duration::from_secs(3))

@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub upstream_pool_max_idle_per_host: usize,
     /// Folder served at `/static` (the web console).
     pub static_dir: String,
+    /// Threads of the HTTP runtime; 0 = one per CPU.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +76,7 @@ impl Default for ServerConfig {
             upstream_connect_timeout_ms: 5_000,
             upstream_pool_max_idle_per_host: 256,
             static_dir: "static".into(),
+            worker_threads: 0,
         }
     }
 }

@@ -55,7 +55,9 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 
 pub struct HttpUpstream {
     pub config: UpstreamConfig,
-    base_url: String,
+    /// Parsed once: URL parsing is measurable per request.
+    chat_url: reqwest::Url,
+    models_url: reqwest::Url,
     auth: Option<HeaderValue>,
     client: Client,
     metrics: Arc<Metrics>,
@@ -79,8 +81,14 @@ impl HttpUpstream {
             }
             None => None,
         };
+        let base = config.base_url.trim_end_matches('/');
+        let parse = |path: &str| {
+            reqwest::Url::parse(&format!("{base}{path}"))
+                .map_err(|e| format!("base_url {base:?} does not make a URL: {e}"))
+        };
         Ok(Self {
-            base_url: config.base_url.trim_end_matches('/').to_owned(),
+            chat_url: parse("/chat/completions")?,
+            models_url: parse("/models")?,
             config,
             auth,
             client,
@@ -90,10 +98,6 @@ impl HttpUpstream {
 
     pub fn name(&self) -> &str {
         &self.config.name
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base_url, path)
     }
 
     fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
@@ -122,7 +126,6 @@ impl HttpUpstream {
         deadline: Instant,
         header_deadline: Instant,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let url = self.url("/chat/completions");
         let mut attempt: u32 = 0;
         loop {
             let now = Instant::now();
@@ -131,7 +134,7 @@ impl HttpUpstream {
             }
             let mut req = self
                 .client
-                .post(&url)
+                .post(self.chat_url.clone())
                 .timeout(deadline.saturating_duration_since(now))
                 .header(header::CONTENT_TYPE, "application/json")
                 .header("x-request-id", &call.request_id)
@@ -166,7 +169,7 @@ impl HttpUpstream {
                     self.metrics
                         .upstream_attempt(self.name(), "connect_error", waited);
                     if e.is_connect() && retries_left {
-                        tracing::warn!(upstream = self.name(), attempt, error = %e, "upstream connect failed, retrying");
+                        tracing::warn!(request_id = %call.request_id, upstream = self.name(), attempt, error = %e, "upstream connect failed, retrying");
                         tokio::time::sleep(self.backoff(attempt, None)).await;
                         attempt += 1;
                         continue;
@@ -189,7 +192,7 @@ impl HttpUpstream {
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.parse::<u64>().ok())
                             .map(Duration::from_secs);
-                        tracing::warn!(upstream = self.name(), attempt, %status, "upstream answered a retryable status, retrying");
+                        tracing::warn!(request_id = %call.request_id, upstream = self.name(), attempt, %status, "upstream answered a retryable status, retrying");
                         drop(resp);
                         tokio::time::sleep(self.backoff(attempt, retry_after)).await;
                         attempt += 1;
@@ -390,7 +393,7 @@ impl HttpUpstream {
 
     /// The upstream's own model list (`GET /models`), as OpenAI model objects.
     pub async fn list_models(&self) -> Result<Vec<serde_json::Value>, String> {
-        let mut req = self.client.get(self.url("/models")).timeout(
+        let mut req = self.client.get(self.models_url.clone()).timeout(
             self.config
                 .first_byte_timeout()
                 .min(Duration::from_secs(10)),
@@ -415,7 +418,7 @@ impl HttpUpstream {
     pub async fn probe(&self) -> Result<(), String> {
         let mut req = self
             .client
-            .get(self.url("/models"))
+            .get(self.models_url.clone())
             .timeout(Duration::from_secs(2));
         if let Some(auth) = &self.auth {
             req = req.header(header::AUTHORIZATION, auth.clone());

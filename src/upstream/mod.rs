@@ -93,6 +93,8 @@ impl Upstreams {
             .pool_max_idle_per_host(config.server.upstream_pool_max_idle_per_host)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
+            // A proxy passes redirects back instead of following them with the tenant's body.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("visa-proxy/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let mut by_name = HashMap::new();
@@ -107,7 +109,7 @@ impl Upstreams {
                 None => None,
             };
             let up = HttpUpstream::new(u.clone(), key, client.clone(), metrics.clone())
-                .map_err(|m| anyhow::anyhow!("upstreams[{i}].api_key_env: {m}"))?;
+                .map_err(|m| anyhow::anyhow!("upstreams[{i}]: {m}"))?;
             order.push(u.name.clone());
             by_name.insert(u.name.clone(), Arc::new(up));
         }

@@ -90,6 +90,9 @@ impl MockUpstream {
             .expect("bind mock upstream");
         let addr = listener.local_addr().expect("mock address");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
