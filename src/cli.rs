@@ -45,6 +45,49 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Train the value detector's head on Touché23-ValueEval and write it with a JSON card.
+    TrainDetector {
+        /// Folder with arguments-*.tsv and labels-*.tsv.
+        #[arg(long)]
+        data: PathBuf,
+        /// Head file to write (its card goes next to it as .json).
+        #[arg(long, default_value = "assets/detector/head.safetensors")]
+        out: PathBuf,
+        /// Folder with the sentence encoder's files.
+        #[arg(long, default_value = crate::models::DEFAULT_ENCODER_DIR)]
+        encoder: PathBuf,
+        #[arg(long, default_value_t = 600)]
+        epochs: usize,
+        #[arg(long, default_value_t = 0.01)]
+        learning_rate: f64,
+        #[arg(long, default_value_t = 0.0001)]
+        weight_decay: f64,
+        /// Share of the training split held out to choose per-category thresholds.
+        #[arg(long, default_value_t = 0.15)]
+        holdout: f64,
+        /// Cache of embeddings between runs ("none" to disable).
+        #[arg(long, default_value = ".cache/embeddings")]
+        cache: String,
+    },
+    /// Evaluate the value detector on a split: per-category and per-value precision, recall,
+    /// F1, macro-F1, and latency.
+    EvalDetector {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "validation")]
+        split: String,
+        #[arg(long, default_value = "assets/detector/head.safetensors")]
+        head: PathBuf,
+        #[arg(long, default_value = crate::models::DEFAULT_ENCODER_DIR)]
+        encoder: PathBuf,
+    },
+    /// Measure the instruction translator on a labelled set of instructions.
+    EvalTranslator {
+        #[arg(long, default_value = "tests/data/translator_cases.json")]
+        cases: PathBuf,
+        #[arg(long, default_value = crate::models::DEFAULT_ENCODER_DIR)]
+        encoder: PathBuf,
+    },
     /// Exit 0 when GET URL answers 2xx within 3 s (for container health checks).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
@@ -71,6 +114,35 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(())
         }
         Command::Healthcheck { url } => healthcheck(&url),
+        Command::TrainDetector {
+            data,
+            out,
+            encoder,
+            epochs,
+            learning_rate,
+            weight_decay,
+            holdout,
+            cache,
+        } => crate::detector::train::run(&crate::detector::train::TrainOptions {
+            data,
+            out,
+            encoder_dir: encoder,
+            epochs,
+            learning_rate,
+            weight_decay,
+            holdout,
+            cache_dir: (cache != "none").then(|| PathBuf::from(cache)),
+        })
+        .map(|_| ()),
+        Command::EvalTranslator { cases, encoder } => {
+            crate::translator::eval::run(&cases, &encoder)
+        }
+        Command::EvalDetector {
+            data,
+            split,
+            head,
+            encoder,
+        } => crate::detector::eval::run(&data, &split, &encoder, &head),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,8 +182,8 @@ fn serve(path: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     let workers = config.server.worker_threads;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let state = AppState::from_config(config)?;
     runtime(workers)?.block_on(async move {
+        let state = AppState::build(config).await?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("server.listen: cannot listen on {addr}: {e}"))?;

@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub const ENV_CONFIG: &str = "VISA_CONFIG";
 pub const ENV_LISTEN: &str = "VISA_LISTEN";
 pub const ENV_ADMIN_KEY: &str = "VISA_ADMIN_KEY";
+pub const ENV_PROFILES_DB: &str = "VISA_PROFILES_DB";
 
 /// A configuration problem, always naming the field it is about.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,10 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    #[serde(default)]
+    pub profiles: ProfilesConfig,
+    #[serde(default)]
+    pub models: ModelsConfig,
     /// Filled from `VISA_ADMIN_KEY`, never from the file.
     #[serde(skip)]
     pub admin_key: Option<String>,
@@ -77,6 +82,58 @@ impl Default for ServerConfig {
             upstream_pool_max_idle_per_host: 256,
             static_dir: "static".into(),
             worker_threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Load the encoder, detector and translator. When false, /v1/values/* and
+    /// /v1/profiles/translate answer 503.
+    pub enabled: bool,
+    /// Folder with the sentence encoder (model.safetensors, tokenizer.json, config.json).
+    pub encoder_dir: String,
+    /// The detector head written by `visa-proxy train-detector`.
+    pub detector_head: String,
+    /// Encoder requests waiting at most; beyond it: 429.
+    pub encoder_queue: usize,
+    /// Texts per encoder forward pass when requests are batched.
+    pub encoder_max_batch: usize,
+    /// Longest text accepted by /v1/values/detect, in characters.
+    pub max_text_chars: usize,
+    /// Most texts in one /v1/values/detect request.
+    pub max_texts: usize,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            encoder_dir: "models/minilm".into(),
+            detector_head: "assets/detector/head.safetensors".into(),
+            encoder_queue: 256,
+            encoder_max_batch: 32,
+            max_text_chars: 20_000,
+            max_texts: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilesConfig {
+    /// SQLite file holding every tenant's profile and its history (created when missing).
+    pub database: String,
+    /// Largest number of versions `GET .../profile/history` returns.
+    pub history_limit: usize,
+}
+
+impl Default for ProfilesConfig {
+    fn default() -> Self {
+        Self {
+            database: "data/profiles.sqlite".into(),
+            history_limit: 100,
         }
     }
 }
@@ -174,6 +231,9 @@ pub struct TenantConfig {
     pub upstreams: Vec<String>,
     #[serde(default)]
     pub limits: TenantLimits,
+    /// The tenant may read and replace its own profile with its API key (`/v1/profile`).
+    #[serde(default)]
+    pub self_manage_profile: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -231,6 +291,11 @@ impl Config {
             self.server.listen = listen;
         }
         self.admin_key = std::env::var(ENV_ADMIN_KEY).ok().filter(|k| !k.is_empty());
+        if let Ok(db) = std::env::var(ENV_PROFILES_DB)
+            && !db.is_empty()
+        {
+            self.profiles.database = db;
+        }
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -255,6 +320,22 @@ impl Config {
                 "server.max_concurrent_requests",
                 "must be above 0",
             ));
+        }
+        if self.profiles.database.trim().is_empty() {
+            return Err(config_err("profiles.database", "must name a file"));
+        }
+        for (f, v) in [
+            ("models.encoder_queue", self.models.encoder_queue),
+            ("models.encoder_max_batch", self.models.encoder_max_batch),
+            ("models.max_text_chars", self.models.max_text_chars),
+            ("models.max_texts", self.models.max_texts),
+        ] {
+            if v == 0 {
+                return Err(config_err(f, "must be above 0"));
+            }
+        }
+        if self.profiles.history_limit == 0 {
+            return Err(config_err("profiles.history_limit", "must be above 0"));
         }
         if self.upstreams.is_empty() {
             return Err(config_err(

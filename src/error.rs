@@ -49,6 +49,8 @@ pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
     pub param: Option<String>,
+    /// A more specific `code` than the kind's own (e.g. `profile_not_found`).
+    pub code_override: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -71,7 +73,13 @@ impl ApiError {
             kind,
             message: message.into(),
             param: None,
+            code_override: None,
         }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code_override = Some(code);
+        self
     }
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -131,6 +139,9 @@ impl ApiError {
 
     /// OpenAI's `code` field: a stable machine-readable reason.
     pub fn code(&self) -> &'static str {
+        if let Some(code) = self.code_override {
+            return code;
+        }
         match self.kind {
             ErrorKind::InvalidJson => "invalid_json",
             ErrorKind::InvalidRequest => "invalid_request",

@@ -5,10 +5,15 @@
 
 pub mod cli;
 pub mod config;
+pub mod detector;
 pub mod error;
 pub mod metrics;
+pub mod models;
 pub mod server;
 pub mod stage;
+pub mod store;
 pub mod telemetry;
 pub mod tenants;
+pub mod translator;
 pub mod upstream;
+pub mod values;

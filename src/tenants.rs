@@ -27,6 +27,7 @@ pub struct Tenant {
     pub id: String,
     pub upstreams: Vec<String>,
     pub limits: TenantLimits,
+    pub self_manage_profile: bool,
     concurrency: Option<Arc<Semaphore>>,
     rate: Option<DirectLimiter>,
     in_flight: Arc<AtomicU64>,
@@ -55,7 +56,12 @@ impl Drop for Admission {
 }
 
 impl Tenant {
-    fn new(id: String, upstreams: Vec<String>, limits: TenantLimits) -> Self {
+    fn new(
+        id: String,
+        upstreams: Vec<String>,
+        limits: TenantLimits,
+        self_manage_profile: bool,
+    ) -> Self {
         let concurrency = limits
             .max_concurrent
             .map(|n| Arc::new(Semaphore::new(n as usize)));
@@ -67,6 +73,7 @@ impl Tenant {
             id,
             upstreams,
             limits,
+            self_manage_profile,
             concurrency,
             rate,
             in_flight: Arc::new(AtomicU64::new(0)),
@@ -142,6 +149,7 @@ impl TenantRegistry {
                 t.id.clone(),
                 t.upstreams.clone(),
                 t.limits.clone(),
+                t.self_manage_profile,
             ));
             for (k, h) in t.api_key_sha256.iter().enumerate() {
                 let digest = decode_sha256(h).map_err(|m| crate::config::ConfigError {
@@ -177,7 +185,7 @@ mod tests {
     use super::*;
 
     fn tenant(limits: TenantLimits) -> Tenant {
-        Tenant::new("t".into(), vec!["u".into()], limits)
+        Tenant::new("t".into(), vec!["u".into()], limits, false)
     }
 
     #[test]

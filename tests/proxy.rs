@@ -31,6 +31,9 @@ upstream_connect_timeout_ms = 1000
 [log]
 format = "json"
 
+[models]
+enabled = false
+
 [[upstreams]]
 name = "mock"
 base_url = "{base}"

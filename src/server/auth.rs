@@ -25,6 +25,24 @@ fn unauthorized(message: &str) -> Response {
     ApiError::new(ErrorKind::Unauthorized, message).into_response()
 }
 
+/// Who called a route that takes either kind of key.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    Admin,
+    Tenant(std::sync::Arc<crate::tenants::Tenant>),
+}
+
+/// Routes open to the admin key and to tenant keys (tenants under their limits).
+pub async fn any_auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if let (Some(expected), Some(key)) = (state.admin_key_hash, bearer(req.headers()))
+        && hash_key(key) == expected
+    {
+        req.extensions_mut().insert(Caller::Admin);
+        return next.run(req).await;
+    }
+    tenant_auth(State(state), req, next).await
+}
+
 /// Tenant routes: resolve the key to a tenant, admit the request under the tenant's limits, and
 /// hand the tenant to the handler.
 pub async fn tenant_auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -51,6 +69,7 @@ pub async fn tenant_auth(State(state): State<AppState>, mut req: Request, next: 
             return response;
         }
     };
+    req.extensions_mut().insert(Caller::Tenant(tenant.clone()));
     req.extensions_mut().insert(tenant);
     let mut response = next.run(req).await;
     response.extensions_mut().insert(label);

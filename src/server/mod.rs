@@ -8,7 +8,9 @@ pub mod health;
 pub mod models;
 pub mod observe;
 pub mod openapi;
+pub mod profiles;
 pub mod routes;
+pub mod values;
 
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -20,9 +22,16 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::detector::{Detector, Head};
+use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
+use crate::models::encoder::{EncoderFiles, SentenceEncoder};
+use crate::models::service::EncoderService;
 use crate::stage::{PassThrough, ResponseStage};
+use crate::store::Profiles;
+use crate::store::sqlite::SqliteStore;
 use crate::tenants::TenantRegistry;
+use crate::translator::{Translation, Translator};
 use crate::upstream::Upstreams;
 
 /// Everything handlers share; cheap to clone.
@@ -37,15 +46,78 @@ pub struct AppState {
     pub admission: Arc<Semaphore>,
     /// SHA-256 of `VISA_ADMIN_KEY`, when set.
     pub admin_key_hash: Option<[u8; 32]>,
+    /// Value profiles: read from memory, written through the store.
+    pub profiles: Arc<Profiles>,
+    /// The value models; `None` when `models.enabled = false`.
+    pub models: Option<Arc<ValueModels>>,
+}
+
+/// The encoder service and what is built on it.
+pub struct ValueModels {
+    pub encoder: Arc<EncoderService>,
+    pub detector: Detector,
+    pub translator: Translator,
+}
+
+impl ValueModels {
+    /// Load the encoder and head, start the encoder thread, embed the translator's value
+    /// descriptions.
+    pub async fn load(config: &crate::config::ModelsConfig) -> anyhow::Result<Self> {
+        let files = EncoderFiles::new(&config.encoder_dir);
+        let head_path = std::path::Path::new(&config.detector_head);
+        let head =
+            Head::load(head_path).map_err(|e| anyhow::anyhow!("models.detector_head: {e}"))?;
+        let encoder = tokio::task::spawn_blocking(move || {
+            SentenceEncoder::load(&files, crate::detector::train::MAX_TOKENS)
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("models.encoder_dir: {e}"))?;
+        anyhow::ensure!(
+            encoder.bert.config.hidden_size == head.dim(),
+            "models.detector_head: the head expects {}-dimensional embeddings, the encoder makes {}",
+            head.dim(),
+            encoder.bert.config.hidden_size
+        );
+        let encoder = Arc::new(EncoderService::start(
+            encoder,
+            config.encoder_queue,
+            config.encoder_max_batch,
+        )?);
+        let translator = Translator::new(encoder.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("translator: {}", e.message))?;
+        Ok(Self {
+            detector: Detector {
+                encoder: encoder.clone(),
+                head,
+            },
+            encoder,
+            translator,
+        })
+    }
 }
 
 impl AppState {
-    pub fn from_config(config: Config) -> anyhow::Result<Self> {
+    /// Build everything the server needs: tenants, upstreams, the profile store, the models.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let tenants = TenantRegistry::from_config(&config)?;
         let upstreams = Upstreams::from_config(&config, metrics.clone())?;
         let admin_key_hash = config.admin_key.as_deref().map(crate::config::hash_key);
+        let db = std::path::PathBuf::from(&config.profiles.database);
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
+            .await?
+            .map_err(|e| anyhow::anyhow!("profiles.database: {e}"))?;
+        let profiles = Profiles::open(Arc::new(store))
+            .map_err(|e| anyhow::anyhow!("profiles.database: {e}"))?;
+        let models = if config.models.enabled {
+            Some(Arc::new(ValueModels::load(&config.models).await?))
+        } else {
+            None
+        };
         Ok(Self {
+            profiles: Arc::new(profiles),
+            models,
             admission: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
             config: Arc::new(config),
             tenants: Arc::new(tenants),
@@ -54,6 +126,25 @@ impl AppState {
             stage: Arc::new(PassThrough),
             admin_key_hash,
         })
+    }
+}
+
+impl AppState {
+    pub fn models(&self) -> Result<&Arc<ValueModels>, ApiError> {
+        self.models.as_ref().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                "the value models are disabled on this proxy (models.enabled = false)",
+            )
+        })
+    }
+
+    pub async fn translate(
+        &self,
+        instruction: &str,
+        _start: Option<&crate::values::ValueVector>,
+    ) -> Result<Translation, ApiError> {
+        self.models()?.translator.translate(instruction).await
     }
 }
 

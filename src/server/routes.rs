@@ -8,12 +8,18 @@ use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::services::ServeDir;
 
-use super::{AppState, admin, auth, chat, health, models, observe, openapi};
+use super::{AppState, admin, auth, chat, health, models, observe, openapi, profiles, values};
 use crate::error::{ApiError, ErrorKind};
 
 pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
 pub const MODELS: &str = "/v1/models";
 pub const TENANTS: &str = "/v1/tenants";
+pub const TENANT_PROFILE: &str = "/v1/tenants/{tenant_id}/profile";
+pub const TENANT_PROFILE_HISTORY: &str = "/v1/tenants/{tenant_id}/profile/history";
+pub const OWN_PROFILE: &str = "/v1/profile";
+pub const VALUES: &str = "/v1/values";
+pub const VALUES_DETECT: &str = "/v1/values/detect";
+pub const PROFILES_TRANSLATE: &str = "/v1/profiles/translate";
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";
@@ -24,14 +30,33 @@ pub fn router(state: AppState) -> Router {
     let tenant_routes = Router::new()
         .route(CHAT_COMPLETIONS, post(chat::chat_completions))
         .route(MODELS, get(models::list_models))
+        .route(
+            OWN_PROFILE,
+            get(profiles::tenant_get).put(profiles::tenant_put),
+        )
         .route_layer(from_fn_with_state(state.clone(), auth::tenant_auth));
+    // Routes for either key.
+    let shared_routes = Router::new()
+        .route(VALUES, get(profiles::list_values))
+        .route(VALUES_DETECT, post(values::detect))
+        .route(PROFILES_TRANSLATE, post(values::translate))
+        .route_layer(from_fn_with_state(state.clone(), auth::any_auth));
     // Management routes: the admin key.
     let admin_routes = Router::new()
         .route(TENANTS, get(admin::list_tenants))
+        .route(
+            TENANT_PROFILE,
+            get(profiles::admin_get)
+                .put(profiles::admin_put)
+                .patch(profiles::admin_patch)
+                .delete(profiles::admin_delete),
+        )
+        .route(TENANT_PROFILE_HISTORY, get(profiles::admin_history))
         .route_layer(from_fn_with_state(state.clone(), auth::admin_auth));
     // Everything under /v1 counts against the global concurrency limit.
     let api = tenant_routes
         .merge(admin_routes)
+        .merge(shared_routes)
         .route_layer(from_fn_with_state(state.clone(), observe::shed_load));
     // Open routes: no key.
     let open = Router::new()

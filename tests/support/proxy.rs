@@ -1,5 +1,7 @@
 //! Runs the real `visa-proxy` binary on port 0 with a generated config and finds its address.
 
+#![allow(dead_code)] // Each test crate uses a different part of it.
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -25,6 +27,8 @@ impl Proxy {
         let log_path = dir.path().join("stderr.log");
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_visa-proxy"));
+        // Each proxy gets its own profile database unless the test names one.
+        cmd.env("VISA_PROFILES_DB", dir.path().join("profiles.sqlite"));
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)

@@ -1,0 +1,244 @@
+//! `visa-proxy train-detector`: embed the Touché23 training split with the sentence encoder,
+//! fit a logistic head over the 20 categories, pick per-category thresholds on a held-out part
+//! of the training split, report on validation, and write the head with a JSON card.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Init, Optimizer, VarBuilder, VarMap};
+use serde_json::json;
+
+use super::eval::{Report, best_threshold, evaluate, print_report};
+use super::{CATEGORIES, Head, MAPPING_NAME};
+use crate::models::encoder::{EncoderFiles, SentenceEncoder, sha256_hex};
+use crate::models::service::embed_sorted;
+
+/// Token limit used by the detector (sentence-transformers' setting for this encoder).
+pub const MAX_TOKENS: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub encoder_dir: PathBuf,
+    pub epochs: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    /// Share of the training split held out to choose thresholds.
+    pub holdout: f64,
+    /// Where embeddings are cached between runs (keyed by encoder and texts).
+    pub cache_dir: Option<PathBuf>,
+}
+
+pub fn load_encoder(encoder_dir: &Path, _head: &Path) -> anyhow::Result<SentenceEncoder> {
+    Ok(SentenceEncoder::load(
+        &EncoderFiles::new(encoder_dir),
+        MAX_TOKENS,
+    )?)
+}
+
+/// Embeddings of `texts`, from the cache when the same encoder already embedded them.
+fn embed_cached(
+    encoder: &SentenceEncoder,
+    texts: &[&str],
+    cache_dir: Option<&Path>,
+    label: &str,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let key = {
+        let mut all = encoder.weights_sha256.clone();
+        for t in texts {
+            all.push('\u{1f}');
+            all.push_str(t);
+        }
+        sha256_hex(all.as_bytes())
+    };
+    let path = cache_dir.map(|d| d.join(format!("emb-{}.safetensors", &key[..16])));
+    if let Some(p) = &path
+        && p.exists()
+        && let Ok(map) = candle_core::safetensors::load(p, &Device::Cpu)
+        && let Some(t) = map.get("x")
+    {
+        eprintln!(
+            "{label}: {} embeddings from cache {}",
+            texts.len(),
+            p.display()
+        );
+        return Ok(t.to_vec2::<f32>()?);
+    }
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(texts.len());
+    for (k, chunk) in texts.chunks(512).enumerate() {
+        out.extend(embed_sorted(encoder, chunk, 32).map_err(anyhow::Error::msg)?);
+        eprintln!(
+            "{label}: embedded {}/{} texts ({:.0} s)",
+            (k * 512 + chunk.len()).min(texts.len()),
+            texts.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if let Some(p) = &path {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let dim = out.first().map(Vec::len).unwrap_or(0);
+        let flat: Vec<f32> = out.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(flat, (out.len(), dim), &Device::Cpu)?;
+        candle_core::safetensors::save(&std::iter::once(("x".to_owned(), t)).collect(), p)?;
+    }
+    Ok(out)
+}
+
+/// A deterministic split of argument ids: true = held out.
+fn held_out(id: &str, share: f64) -> bool {
+    let h = sha256_hex(id.as_bytes());
+    let x = u32::from_str_radix(&h[..8], 16).unwrap_or(0) as f64 / u32::MAX as f64;
+    x < share
+}
+
+/// Fit W, b of a logistic regression over 20 outputs with class-weighted binary cross-entropy.
+pub fn fit_logistic(
+    x: &[Vec<f32>],
+    y: &[[u8; 20]],
+    epochs: usize,
+    lr: f64,
+    weight_decay: f64,
+) -> anyhow::Result<(Vec<Vec<f32>>, [f32; 20])> {
+    let dev = Device::Cpu;
+    let n = x.len();
+    let d = x.first().map(Vec::len).unwrap_or(0);
+    anyhow::ensure!(n > 0 && d > 0, "no training data");
+    let xt = Tensor::from_vec(
+        x.iter().flatten().copied().collect::<Vec<f32>>(),
+        (n, d),
+        &dev,
+    )?;
+    let yt = Tensor::from_vec(
+        y.iter()
+            .flat_map(|r| r.iter().map(|&v| f32::from(v)))
+            .collect::<Vec<f32>>(),
+        (n, 20),
+        &dev,
+    )?;
+    // Positive examples weigh sqrt(negatives / positives), capped: rare categories still count.
+    let pos_weight: Vec<f32> = (0..20)
+        .map(|c| {
+            let pos = y.iter().filter(|r| r[c] == 1).count().max(1) as f32;
+            ((n as f32 - pos) / pos).sqrt().clamp(1.0, 10.0)
+        })
+        .collect();
+    let pw = Tensor::from_vec(pos_weight, (1, 20), &dev)?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let w = vb.get_with_hints((20, d), "weight", Init::Const(0.0))?;
+    let b = vb.get_with_hints(20, "bias", Init::Const(0.0))?;
+    let mut opt = candle_nn::AdamW::new(
+        varmap.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr,
+            weight_decay,
+            ..Default::default()
+        },
+    )?;
+    for epoch in 0..epochs {
+        let z = xt.matmul(&w.t()?)?.broadcast_add(&b)?;
+        // softplus(t) = relu(t) + log(1 + exp(-|t|)), stable for large |t|.
+        let softplus = |t: &Tensor| -> candle_core::Result<Tensor> {
+            t.relu()? + ((t.abs()?.neg()?.exp()? + 1.0)?.log()?)
+        };
+        let pos_term = (yt.broadcast_mul(&pw)? * softplus(&z.neg()?)?)?;
+        let neg_term = ((1.0 - &yt)? * softplus(&z)?)?;
+        let loss = (pos_term + neg_term)?.mean_all()?;
+        opt.backward_step(&loss)?;
+        if epoch % 100 == 0 || epoch + 1 == epochs {
+            eprintln!("epoch {epoch:>4}: loss {:.4}", loss.to_scalar::<f32>()?);
+        }
+    }
+    let weight = w.to_vec2::<f32>()?;
+    let bias: [f32; 20] = b
+        .to_vec1::<f32>()?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("bias has the wrong size"))?;
+    Ok((weight, bias))
+}
+
+/// Train, report, write head and card. Returns the validation report.
+pub fn run(o: &TrainOptions) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let train = super::data::load_split(&o.data, "training").map_err(anyhow::Error::msg)?;
+    let valid = super::data::load_split(&o.data, "validation").map_err(anyhow::Error::msg)?;
+    let encoder = load_encoder(&o.encoder_dir, &o.out)?;
+    let train_texts: Vec<&str> = train.iter().map(|a| a.text()).collect();
+    let valid_texts: Vec<&str> = valid.iter().map(|a| a.text()).collect();
+    let xtr = embed_cached(&encoder, &train_texts, o.cache_dir.as_deref(), "training")?;
+    let xva = embed_cached(&encoder, &valid_texts, o.cache_dir.as_deref(), "validation")?;
+
+    let (fit_idx, hold_idx): (Vec<usize>, Vec<usize>) =
+        (0..train.len()).partition(|&i| !held_out(&train[i].id, o.holdout));
+    let fx: Vec<Vec<f32>> = fit_idx.iter().map(|&i| xtr[i].clone()).collect();
+    let fy: Vec<[u8; 20]> = fit_idx.iter().map(|&i| train[i].labels).collect();
+    eprintln!(
+        "fitting the head on {} arguments, {} held out for thresholds",
+        fx.len(),
+        hold_idx.len()
+    );
+    let (weight, bias) = fit_logistic(&fx, &fy, o.epochs, o.learning_rate, o.weight_decay)?;
+    let mut head = Head {
+        weight,
+        bias,
+        thresholds: [0.5; 20],
+    };
+    let hold_probs: Vec<[f32; 20]> = hold_idx
+        .iter()
+        .map(|&i| head.probabilities(&xtr[i]))
+        .collect();
+    for c in 0..20 {
+        let p: Vec<f32> = hold_probs.iter().map(|r| r[c]).collect();
+        let g: Vec<u8> = hold_idx.iter().map(|&i| train[i].labels[c]).collect();
+        head.thresholds[c] = best_threshold(&p, &g);
+    }
+    let probs: Vec<[f32; 20]> = xva.iter().map(|v| head.probabilities(v)).collect();
+    let gold: Vec<[u8; 20]> = valid.iter().map(|a| a.labels).collect();
+    let report = evaluate(&probs, &gold, &head.thresholds);
+    print_report(&report);
+    head.save(&o.out).map_err(anyhow::Error::msg)?;
+
+    let card = json!({
+        "model": "visa-proxy value detector head",
+        "data": {
+            "dataset": "Touche23-ValueEval (Mirzakhmedova, Kiesel, et al., LREC-COLING 2024), CC BY-SA 4.0",
+            "train_split": "training",
+            "arguments_fit": fx.len(),
+            "arguments_threshold_holdout": hold_idx.len(),
+            "holdout_share": o.holdout,
+            "report_split": "validation",
+            "arguments_report": valid.len(),
+            "text": "premise",
+        },
+        "mapping": MAPPING_NAME,
+        "encoder": {
+            "files": o.encoder_dir.display().to_string(),
+            "weights_sha256": encoder.weights_sha256,
+            "max_tokens": MAX_TOKENS,
+            "fine_tuned": false,
+        },
+        "head": {"kind": "logistic", "inputs": head.dim(), "outputs": 20},
+        "training": {
+            "epochs": o.epochs, "learning_rate": o.learning_rate, "weight_decay": o.weight_decay,
+            "loss": "binary cross-entropy, positives weighted by sqrt(neg/pos) capped at 10",
+            "init": "zeros (deterministic)",
+            "seconds": started.elapsed().as_secs_f64().round(),
+        },
+        "thresholds": CATEGORIES.iter().zip(head.thresholds).map(|(n, t)| ((*n).to_owned(), json!(t))).collect::<serde_json::Map<_, _>>(),
+        "validation": report,
+    });
+    let card_path = card_path(&o.out);
+    std::fs::write(&card_path, serde_json::to_string_pretty(&card)? + "\n")?;
+    println!("wrote {} and {}", o.out.display(), card_path.display());
+    Ok(report)
+}
+
+/// `head.safetensors` -> `head.json`.
+pub fn card_path(head: &Path) -> PathBuf {
+    head.with_extension("json")
+}

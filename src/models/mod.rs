@@ -1,0 +1,8 @@
+//! Local models. `encoder` is the sentence encoder (candle + tokenizers) behind the detector,
+//! the translator and semantic similarity.
+
+pub mod encoder;
+pub mod service;
+
+/// Where `scripts/fetch-models.sh` puts the encoder by default.
+pub const DEFAULT_ENCODER_DIR: &str = "models/minilm";

@@ -1,0 +1,257 @@
+//! Value profiles over REST: the admin manages any tenant's profile; a tenant reads its own,
+//! and replaces it when its config allows. Validation happens before anything is written.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::extract::JsonBody;
+use crate::error::{ApiError, ErrorKind};
+use crate::store::HistoryEntry;
+use crate::tenants::Tenant;
+use crate::values::profile::{FieldError, ProfilePatch, ProfileSpec};
+use crate::values::{Profile, ValueId};
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::new(ErrorKind::Unprocessable, e.message).with_param(e.param)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "profile store failed");
+        ApiError::internal("the profile store failed; nothing was changed")
+    }
+}
+
+fn tenant_exists(state: &AppState, tenant_id: &str) -> Result<(), ApiError> {
+    state.tenants.get(tenant_id).map(|_| ()).ok_or_else(|| {
+        ApiError::new(ErrorKind::NotFound, format!("no tenant {tenant_id:?}"))
+            .with_param("tenant_id")
+            .with_code("tenant_not_found")
+    })
+}
+
+fn current(state: &AppState, tenant_id: &str) -> Result<Arc<Profile>, ApiError> {
+    state.profiles.get(tenant_id).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::NotFound,
+            format!("tenant {tenant_id:?} has no value profile"),
+        )
+        .with_code("profile_not_found")
+    })
+}
+
+async fn put(state: &AppState, tenant_id: &str, body: &Value) -> Result<Json<Profile>, ApiError> {
+    let spec = ProfileSpec::from_json(body)?;
+    let entry = state.profiles.write(tenant_id, Some(spec)).await?;
+    entry
+        .profile
+        .map(Json)
+        .ok_or_else(|| ApiError::internal("the store returned no profile"))
+}
+
+/// A PATCH body: field changes, or `{"instruction": "..."}` translated into target changes.
+async fn patch_spec(
+    state: &AppState,
+    tenant_id: &str,
+    body: &Value,
+) -> Result<ProfileSpec, ApiError> {
+    let base = state
+        .profiles
+        .get(tenant_id)
+        .map(|p| ProfileSpec::from_profile(&p))
+        .unwrap_or_default();
+    if let Some(instruction) = body.get("instruction") {
+        let Some(text) = instruction.as_str() else {
+            return Err(
+                ApiError::new(ErrorKind::Unprocessable, "'instruction' must be a string")
+                    .with_param("instruction"),
+            );
+        };
+        if body.as_object().is_some_and(|o| o.len() > 1) {
+            return Err(ApiError::invalid_request(
+                "send either an instruction or field changes, not both",
+            )
+            .with_param("instruction"));
+        }
+        let translation = state.translate(text, None).await?;
+        let patch = translation.as_patch(&base);
+        return Ok(base.apply(&patch)?);
+    }
+    let patch = ProfilePatch::from_json(body)?;
+    if patch.is_empty() {
+        return Err(ApiError::invalid_request("the patch changes nothing").with_param("values"));
+    }
+    Ok(base.apply(&patch)?)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct HistoryQuery {
+    /// At most this many versions, newest first.
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
+    params(("tenant_id" = String, Path, description = "Tenant id from the config")),
+    responses(
+        (status = 200, description = "The tenant's current profile", body = Profile, example = json!({"values":{"benevolence":{"target":0.8,"weight":1.0,"tolerance":0.15},"power":{"target":0.1,"weight":2.0,"tolerance":0.1}},"action":"rewrite","fallback":"original","stream_mode":"window","version":3,"updated_at":1764320000})),
+        (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
+        (status = 404, description = "Unknown tenant (`tenant_not_found`) or no profile yet (`profile_not_found`)", body = crate::server::openapi::ErrorResponse,
+            example = json!({"error":{"message":"tenant \"acme\" has no value profile","type":"invalid_request_error","param":null,"code":"profile_not_found"}})),
+    ),
+    security(("admin" = [])))]
+pub async fn admin_get(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<Profile>, ApiError> {
+    tenant_exists(&state, &tenant_id)?;
+    Ok(Json((*current(&state, &tenant_id)?).clone()))
+}
+
+#[utoipa::path(put, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
+    params(("tenant_id" = String, Path, description = "Tenant id from the config")),
+    request_body(content = Object, description = "A whole profile: `values` (value id -> {target, weight?, tolerance?}), `action`, `fallback`, `stream_mode`. Omitted fields take their defaults; `version` and `updated_at` are ignored.",
+        example = json!({"values":{"benevolence":{"target":0.8},"power":{"target":0.1,"weight":2}},"action":"rewrite"})),
+    responses(
+        (status = 200, description = "Saved; the new version", body = Profile),
+        (status = 400, description = "Body is not JSON", body = crate::server::openapi::ErrorResponse),
+        (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
+        (status = 404, description = "Unknown tenant", body = crate::server::openapi::ErrorResponse),
+        (status = 422, description = "A field is invalid; `param` names it and nothing was written", body = crate::server::openapi::ErrorResponse,
+            example = json!({"error":{"message":"'values.power.target' must be in [0, 1], got 1.5","type":"invalid_request_error","param":"values.power.target","code":"invalid_type"}})),
+    ),
+    security(("admin" = [])))]
+pub async fn admin_put(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Profile>, ApiError> {
+    tenant_exists(&state, &tenant_id)?;
+    put(&state, &tenant_id, &body).await
+}
+
+#[utoipa::path(patch, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
+    params(("tenant_id" = String, Path, description = "Tenant id from the config")),
+    request_body(content = Object, description = "Either field changes (`values.<id>` merged, `null` removes a constraint; `action`, `fallback`, `stream_mode`), or `{\"instruction\": \"...\"}`, which is translated into target changes and applied.",
+        example = json!({"instruction": "more caring, less about status"})),
+    responses(
+        (status = 200, description = "Saved; the new version", body = Profile),
+        (status = 400, description = "Not JSON, an empty patch, or both an instruction and field changes", body = crate::server::openapi::ErrorResponse),
+        (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
+        (status = 404, description = "Unknown tenant", body = crate::server::openapi::ErrorResponse),
+        (status = 422, description = "A field is invalid, or the instruction is empty or names no value; nothing was written", body = crate::server::openapi::ErrorResponse),
+        (status = 429, description = "The encoder's queue is full (instructions only)", body = crate::server::openapi::ErrorResponse),
+    ),
+    security(("admin" = [])))]
+pub async fn admin_patch(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Profile>, ApiError> {
+    tenant_exists(&state, &tenant_id)?;
+    let spec = patch_spec(&state, &tenant_id, &body).await?;
+    let entry = state.profiles.write(&tenant_id, Some(spec)).await?;
+    entry
+        .profile
+        .map(Json)
+        .ok_or_else(|| ApiError::internal("the store returned no profile"))
+}
+
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
+    params(("tenant_id" = String, Path, description = "Tenant id from the config")),
+    responses(
+        (status = 200, description = "Deleted; the deletion is a version in the history", body = Object, example = json!({"tenant_id":"acme","deleted":true,"version":4})),
+        (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
+        (status = 404, description = "Unknown tenant, or no profile to delete", body = crate::server::openapi::ErrorResponse),
+    ),
+    security(("admin" = [])))]
+pub async fn admin_delete(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    tenant_exists(&state, &tenant_id)?;
+    current(&state, &tenant_id)?;
+    let entry = state.profiles.write(&tenant_id, None).await?;
+    Ok(Json(
+        json!({"tenant_id": tenant_id, "deleted": true, "version": entry.version}),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/profile/history", tag = "profiles",
+    params(("tenant_id" = String, Path, description = "Tenant id from the config"), HistoryQuery),
+    responses(
+        (status = 200, description = "Versions, newest first; `profile` is null for a deletion", body = Object,
+            example = json!({"object":"list","data":[{"version":2,"updated_at":1764320100,"profile":null},{"version":1,"updated_at":1764320000,"profile":{"values":{"power":{"target":0.1,"weight":1.0,"tolerance":0.15}},"action":"audit","fallback":"original","stream_mode":"window","version":1,"updated_at":1764320000}}]})),
+        (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
+        (status = 404, description = "Unknown tenant", body = crate::server::openapi::ErrorResponse),
+    ),
+    security(("admin" = [])))]
+pub async fn admin_history(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    tenant_exists(&state, &tenant_id)?;
+    let max = state.config.profiles.history_limit;
+    let limit = q.limit.unwrap_or(max).clamp(1, max);
+    let data: Vec<HistoryEntry> = state.profiles.history(&tenant_id, limit).await?;
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+#[utoipa::path(get, path = "/v1/profile", tag = "profiles",
+    responses(
+        (status = 200, description = "The calling tenant's own profile", body = Profile),
+        (status = 401, description = "No or unknown tenant key", body = crate::server::openapi::ErrorResponse),
+        (status = 404, description = "No profile yet", body = crate::server::openapi::ErrorResponse),
+    ),
+    security(("bearer" = [])))]
+pub async fn tenant_get(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Arc<Tenant>>,
+) -> Result<Json<Profile>, ApiError> {
+    Ok(Json((*current(&state, &tenant.id)?).clone()))
+}
+
+#[utoipa::path(put, path = "/v1/profile", tag = "profiles",
+    request_body(content = Object, description = "A whole profile, as for the admin route"),
+    responses(
+        (status = 200, description = "Saved; the new version", body = Profile),
+        (status = 401, description = "No or unknown tenant key", body = crate::server::openapi::ErrorResponse),
+        (status = 403, description = "This tenant may not manage its own profile (`self_manage_profile = false`)", body = crate::server::openapi::ErrorResponse),
+        (status = 422, description = "A field is invalid; nothing was written", body = crate::server::openapi::ErrorResponse),
+    ),
+    security(("bearer" = [])))]
+pub async fn tenant_put(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Arc<Tenant>>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Profile>, ApiError> {
+    if !tenant.self_manage_profile {
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            format!(
+                "tenant {} may not change its own profile; ask an admin",
+                tenant.id
+            ),
+        ));
+    }
+    put(&state, &tenant.id, &body).await
+}
+
+#[utoipa::path(get, path = "/v1/values", tag = "values",
+    responses((status = 200, description = "The 10 values in circumplex order, with ids and definitions", body = Object,
+        example = json!({"object":"list","data":[{"id":"self_direction","name":"Self-Direction","definition":"Independent thought and action: choosing, creating, exploring; freedom and curiosity."}]}))))]
+pub async fn list_values() -> Json<Value> {
+    let data: Vec<Value> = ValueId::ALL
+        .iter()
+        .map(|v| json!({"id": v.as_str(), "name": v.display_name(), "definition": v.definition()}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}

@@ -1,0 +1,216 @@
+//! Value endpoints: detect the values a text expresses, and translate an instruction into a
+//! shift of a profile's targets.
+
+use std::time::Instant;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::Caller;
+use super::extract::JsonBody;
+use crate::error::{ApiError, ErrorKind};
+use crate::values::profile::ProfileSpec;
+
+fn unprocessable(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::Unprocessable, message).with_param(param)
+}
+
+/// `text` or `texts`, checked against the configured limits.
+fn texts_of(state: &AppState, body: &Value) -> Result<(Vec<String>, bool), ApiError> {
+    let obj = body.as_object().ok_or_else(|| {
+        unprocessable("text", "the body must be an object with 'text' or 'texts'")
+    })?;
+    for k in obj.keys() {
+        if k != "text" && k != "texts" {
+            return Err(unprocessable(
+                k,
+                format!("unknown field '{k}'; send 'text' or 'texts'"),
+            ));
+        }
+    }
+    let limit = state.config.models.max_text_chars;
+    let check = |t: &str, param: &str| -> Result<String, ApiError> {
+        if t.trim().is_empty() {
+            return Err(unprocessable(param, format!("'{param}' must not be empty")));
+        }
+        if t.chars().count() > limit {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("'{param}' is longer than {limit} characters"),
+            )
+            .with_param(param)
+            .with_code("text_too_long"));
+        }
+        Ok(t.to_owned())
+    };
+    match (obj.get("text"), obj.get("texts")) {
+        (Some(_), Some(_)) => {
+            Err(ApiError::invalid_request("send 'text' or 'texts', not both").with_param("texts"))
+        }
+        (Some(Value::String(t)), None) => Ok((vec![check(t, "text")?], true)),
+        (Some(_), None) => Err(unprocessable("text", "'text' must be a string")),
+        (None, Some(Value::Array(items))) => {
+            if items.is_empty() {
+                return Err(unprocessable(
+                    "texts",
+                    "'texts' must hold at least one text",
+                ));
+            }
+            if items.len() > state.config.models.max_texts {
+                return Err(ApiError::invalid_request(format!(
+                    "'texts' holds more than {} texts",
+                    state.config.models.max_texts
+                ))
+                .with_param("texts"));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let param = format!("texts[{i}]");
+                    t.as_str()
+                        .ok_or_else(|| unprocessable(&param, format!("'{param}' must be a string")))
+                        .and_then(|s| check(s, &param))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| (v, false))
+        }
+        (None, Some(_)) => Err(unprocessable(
+            "texts",
+            "'texts' must be an array of strings",
+        )),
+        (None, None) => Err(ApiError::invalid_request("send 'text' or 'texts'").with_param("text")),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/values/detect", tag = "values",
+    request_body(content = Object, description = "`{\"text\": \"...\"}` or `{\"texts\": [\"...\", ...]}`",
+        example = json!({"text": "We must protect the vulnerable and treat everyone fairly."})),
+    responses(
+        (status = 200, description = "A value vector per text (score in [0, 1] per value: the calibrated probability an annotator would mark the value present), the values above threshold, the 20 category scores, and timing", body = Object,
+            example = json!({"object":"list","data":[{"index":0,"values":{"self_direction":0.02,"stimulation":0.01,"hedonism":0.0,"achievement":0.03,"power":0.02,"security":0.21,"conformity":0.05,"tradition":0.01,"benevolence":0.64,"universalism":0.88},"labels":["benevolence","universalism"],"windows":1}],"timing":{"queued_ms":0.1,"compute_ms":9.8,"total_ms":10.2}})),
+        (status = 400, description = "Neither or both of text/texts, too many texts, or a text over models.max_text_chars (`text_too_long`)", body = crate::server::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown key", body = crate::server::openapi::ErrorResponse),
+        (status = 422, description = "A text that is empty or not a string; `param` names it", body = crate::server::openapi::ErrorResponse),
+        (status = 429, description = "The encoder's queue is full", body = crate::server::openapi::ErrorResponse),
+        (status = 503, description = "Value models disabled", body = crate::server::openapi::ErrorResponse),
+    ),
+    security(("bearer" = []), ("admin" = [])))]
+pub async fn detect(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let (texts, _single) = texts_of(&state, &body)?;
+    let models = state.models()?;
+    let (detections, timing) = models.detector.detect(&texts).await?;
+    let data: Vec<Value> = detections
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let categories: serde_json::Map<String, Value> = d
+                .categories
+                .iter()
+                .map(|(n, p)| (n.clone(), json!(crate::values::short_f64((p * 1e4).round() / 1e4))))
+                .collect();
+            json!({"index": i, "values": d.values, "labels": d.labels, "categories": categories, "windows": d.windows})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "timing": {
+            "queued_ms": timing.queued.as_secs_f64() * 1e3,
+            "compute_ms": timing.compute.as_secs_f64() * 1e3,
+            "total_ms": started.elapsed().as_secs_f64() * 1e3,
+        }
+    })))
+}
+
+#[utoipa::path(post, path = "/v1/profiles/translate", tag = "profiles",
+    request_body(content = Object, description = "`instruction` (required); optionally `profile` (a profile to start from; default: the calling tenant's own, or an empty one for the admin) and `text` (whose detected values are the starting point for values the profile does not constrain). Nothing is saved.",
+        example = json!({"instruction": "more caring, less about status"})),
+    responses(
+        (status = 200, description = "The shifts with their evidence, and the resulting profile (not saved)", body = Object,
+            example = json!({"instruction":"more caring, less about status","shifts":[{"value":"benevolence","delta":0.2,"evidence":{"phrase":"more caring","matched":"caring for others","similarity":0.71,"cue":"more"}},{"value":"power","delta":-0.2,"evidence":{"phrase":"less about status","matched":"status and prestige","similarity":0.62,"cue":"less"}}],"unmatched":[],"unrelated":false,"profile":{"values":{"benevolence":{"target":0.7,"weight":1.0,"tolerance":0.15},"power":{"target":0.3,"weight":1.0,"tolerance":0.15}},"action":"audit","fallback":"original","stream_mode":"window"}})),
+        (status = 401, description = "No or unknown key", body = crate::server::openapi::ErrorResponse),
+        (status = 422, description = "Empty or missing instruction, or an invalid `profile`", body = crate::server::openapi::ErrorResponse),
+        (status = 429, description = "The encoder's queue is full", body = crate::server::openapi::ErrorResponse),
+        (status = 503, description = "Value models disabled", body = crate::server::openapi::ErrorResponse),
+    ),
+    security(("bearer" = []), ("admin" = [])))]
+pub async fn translate(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| unprocessable("instruction", "the body must be an object"))?;
+    for k in obj.keys() {
+        if !matches!(k.as_str(), "instruction" | "profile" | "text") {
+            return Err(unprocessable(
+                k,
+                format!("unknown field '{k}'; send instruction, profile, text"),
+            ));
+        }
+    }
+    let instruction = match obj.get("instruction") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(unprocessable(
+                "instruction",
+                "'instruction' must be a string",
+            ));
+        }
+        None => return Err(unprocessable("instruction", "'instruction' is required")),
+    };
+    let base = match obj.get("profile") {
+        Some(p) => ProfileSpec::from_json(p).map_err(|e| {
+            let param = if e.param == "profile" {
+                e.param
+            } else {
+                format!("profile.{}", e.param)
+            };
+            unprocessable(&param, e.message)
+        })?,
+        None => match &caller {
+            Caller::Tenant(t) => state
+                .profiles
+                .get(&t.id)
+                .map(|p| ProfileSpec::from_profile(&p))
+                .unwrap_or_default(),
+            Caller::Admin => ProfileSpec::default(),
+        },
+    };
+    let models = state.models()?;
+    let start = match obj.get("text") {
+        Some(Value::String(t)) => {
+            let (d, _) = models.detector.detect(std::slice::from_ref(t)).await?;
+            d.into_iter().next().map(|d| d.values)
+        }
+        Some(_) => return Err(unprocessable("text", "'text' must be a string")),
+        None => None,
+    };
+    let translation = models.translator.translate(&instruction).await?;
+    let patch = translation.as_patch_from(&base, start.as_ref());
+    let result = base.apply(&patch)?;
+    let profile = json!({
+        "values": result.values,
+        "action": result.action,
+        "fallback": result.fallback,
+        "stream_mode": result.stream_mode,
+    });
+    let mut out =
+        serde_json::to_value(&translation).map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("profile".into(), profile);
+        if let Some(v) = start {
+            o.insert("start".into(), serde_json::to_value(v).unwrap_or_default());
+        }
+    }
+    Ok(Json(out))
+}

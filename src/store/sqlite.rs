@@ -1,0 +1,226 @@
+//! The SQLite profile store: one append-only table of versions, written in transactions with
+//! `synchronous = FULL`, so an acknowledged change survives a crash of the process or machine.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{HistoryEntry, ProfileStore, StoreError};
+use crate::values::Profile;
+use crate::values::profile::ProfileSpec;
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl SqliteStore {
+    /// Open (creating the file and its folder when missing) and migrate.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+        }
+        let conn =
+            Connection::open(path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(db_err)?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS profile_versions (
+                tenant_id  TEXT    NOT NULL,
+                version    INTEGER NOT NULL,
+                body       TEXT,              -- the profile as JSON; NULL records a deletion
+                created_at INTEGER NOT NULL,
+                PRIMARY KEY (tenant_id, version)
+            ) WITHOUT ROWID;",
+        )
+        .map_err(db_err)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.conn
+            .lock()
+            .map_err(|_| StoreError("the database lock is poisoned".into()))
+    }
+}
+
+fn decode(version: i64, created_at: i64, body: Option<String>) -> Result<HistoryEntry, StoreError> {
+    let profile = match body {
+        Some(text) => Some(serde_json::from_str::<Profile>(&text).map_err(|e| {
+            StoreError(format!(
+                "version {version} holds an unreadable profile: {e}"
+            ))
+        })?),
+        None => None,
+    };
+    Ok(HistoryEntry {
+        version: version as u64,
+        updated_at: created_at,
+        profile,
+    })
+}
+
+impl ProfileStore for SqliteStore {
+    fn load_current(&self) -> Result<Vec<(String, Profile)>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT v.tenant_id, v.version, v.created_at, v.body FROM profile_versions v
+                 JOIN (SELECT tenant_id, MAX(version) AS version FROM profile_versions GROUP BY tenant_id) m
+                   ON v.tenant_id = m.tenant_id AND v.version = m.version",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (tenant, version, created_at, body) = row.map_err(db_err)?;
+            if let Some(p) = decode(version, created_at, body)?.profile {
+                out.push((tenant, p));
+            }
+        }
+        Ok(out)
+    }
+
+    fn append(
+        &self,
+        tenant: &str,
+        spec: Option<&ProfileSpec>,
+        now: i64,
+    ) -> Result<HistoryEntry, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(version) FROM profile_versions WHERE tenant_id = ?1",
+                params![tenant],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?
+            .flatten();
+        let version = last.unwrap_or(0) + 1;
+        let profile = spec.map(|s| Profile::from_spec(s.clone(), version as u64, now));
+        let body = match &profile {
+            Some(p) => Some(serde_json::to_string(p).map_err(db_err)?),
+            None => None,
+        };
+        tx.execute(
+            "INSERT INTO profile_versions (tenant_id, version, body, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![tenant, version, body, now],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(HistoryEntry {
+            version: version as u64,
+            updated_at: now,
+            profile,
+        })
+    }
+
+    fn history(&self, tenant: &str, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT version, created_at, body FROM profile_versions WHERE tenant_id = ?1
+                 ORDER BY version DESC LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![tenant, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (version, created_at, body) = row.map_err(db_err)?;
+            out.push(decode(version, created_at, body)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::values::ValueId;
+    use serde_json::json;
+
+    #[test]
+    fn versions_increase_and_deletions_are_history() {
+        let s = SqliteStore::in_memory().unwrap();
+        let spec = ProfileSpec::from_json(&json!({"values": {"power": {"target": 0.1}}})).unwrap();
+        assert_eq!(s.append("a", Some(&spec), 10).unwrap().version, 1);
+        assert_eq!(s.append("a", Some(&spec), 11).unwrap().version, 2);
+        assert_eq!(s.append("b", Some(&spec), 12).unwrap().version, 1);
+        let current = s.load_current().unwrap();
+        assert_eq!(current.len(), 2);
+        assert_eq!(s.append("a", None, 13).unwrap().version, 3);
+        let current = s.load_current().unwrap();
+        assert_eq!(current.len(), 1);
+        assert_eq!(current[0].0, "b");
+        let h = s.history("a", 10).unwrap();
+        assert_eq!(h.iter().map(|e| e.version).collect::<Vec<_>>(), [3, 2, 1]);
+        assert!(h[0].profile.is_none());
+        assert_eq!(
+            h[1].profile.as_ref().unwrap().values[&ValueId::Power].target,
+            0.1
+        );
+        // A new profile after a deletion continues the numbering.
+        assert_eq!(s.append("a", Some(&spec), 14).unwrap().version, 4);
+    }
+
+    #[test]
+    fn survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/profiles.sqlite");
+        let spec = ProfileSpec::from_json(
+            &json!({"values": {"benevolence": {"target": 0.9}}, "action": "rewrite"}),
+        )
+        .unwrap();
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.append("t", Some(&spec), 1).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let current = s.load_current().unwrap();
+        assert_eq!(current[0].1.values[&ValueId::Benevolence].target, 0.9);
+        assert_eq!(current[0].1.version, 1);
+    }
+}

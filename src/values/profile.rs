@@ -1,0 +1,527 @@
+//! A tenant's value profile: per-value targets, weights and tolerances, what to do when an
+//! answer misses them, and its version. Parsing here names the offending field on every error.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{ValueId, ValueVector};
+
+pub const DEFAULT_WEIGHT: f32 = 1.0;
+pub const DEFAULT_TOLERANCE: f32 = 0.15;
+pub const MAX_WEIGHT: f32 = 10.0;
+
+/// The constraint on one value.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ValueTarget {
+    /// Desired score in [0, 1].
+    #[serde(serialize_with = "super::ser_short")]
+    pub target: f32,
+    /// Relative importance in (0, 10]; default 1.
+    #[serde(serialize_with = "super::ser_short")]
+    pub weight: f32,
+    /// Largest accepted |score - target| in [0, 1]; default 0.15.
+    #[serde(serialize_with = "super::ser_short")]
+    pub tolerance: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Measure and annotate only.
+    #[default]
+    Audit,
+    /// Rewrite answers outside tolerance toward the targets.
+    Rewrite,
+    /// Refuse answers outside tolerance.
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Return the original answer, marked as a fallback.
+    #[default]
+    Original,
+    /// Refuse the answer.
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamMode {
+    /// Release streamed text window by window.
+    #[default]
+    Window,
+    /// Hold the whole answer, then stream the result.
+    Buffer,
+}
+
+/// A profile as stored and returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Profile {
+    /// Constrained values; values not named are unconstrained.
+    #[schema(value_type = Object, example = json!({"benevolence": {"target": 0.8, "weight": 1.0, "tolerance": 0.15}, "power": {"target": 0.1, "weight": 2.0, "tolerance": 0.1}}))]
+    pub values: BTreeMap<ValueId, ValueTarget>,
+    pub action: Action,
+    pub fallback: Fallback,
+    pub stream_mode: StreamMode,
+    /// Increases by one on every change, deletions included.
+    pub version: u64,
+    /// Unix seconds of the change that made this version.
+    pub updated_at: i64,
+}
+
+/// A field-level problem with a profile, for a 422 naming the field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldError {
+    pub param: String,
+    pub message: String,
+}
+
+fn err(param: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        param: param.into(),
+        message: message.into(),
+    }
+}
+
+/// The editable part of a profile (what PUT takes).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProfileSpec {
+    pub values: BTreeMap<ValueId, ValueTarget>,
+    pub action: Action,
+    pub fallback: Fallback,
+    pub stream_mode: StreamMode,
+}
+
+/// A partial change (what PATCH takes): `None` leaves a field alone; in `values`, `None`
+/// removes a constraint and `Some` merges into it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProfilePatch {
+    pub values: BTreeMap<ValueId, Option<PartialTarget>>,
+    pub action: Option<Action>,
+    pub fallback: Option<Fallback>,
+    pub stream_mode: Option<StreamMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PartialTarget {
+    pub target: Option<f32>,
+    pub weight: Option<f32>,
+    pub tolerance: Option<f32>,
+}
+
+fn number(v: &Value, param: &str, lo: f32, hi: f32, lo_open: bool) -> Result<f32, FieldError> {
+    let x = v
+        .as_f64()
+        .ok_or_else(|| err(param, format!("'{param}' must be a number")))? as f32;
+    let below = if lo_open { x <= lo } else { x < lo };
+    if !x.is_finite() || below || x > hi {
+        let lo_br = if lo_open { "(" } else { "[" };
+        return Err(err(
+            param,
+            format!("'{param}' must be in {lo_br}{lo}, {hi}], got {x}"),
+        ));
+    }
+    Ok(x)
+}
+
+fn enum_field<T: serde::de::DeserializeOwned>(
+    v: &Value,
+    param: &str,
+    allowed: &str,
+) -> Result<T, FieldError> {
+    serde_json::from_value(v.clone())
+        .map_err(|_| err(param, format!("'{param}' must be one of {allowed}")))
+}
+
+fn value_id(key: &str, param: &str) -> Result<ValueId, FieldError> {
+    key.parse::<ValueId>().map_err(|m| err(param, m))
+}
+
+fn partial_target(v: &Value, param: &str) -> Result<PartialTarget, FieldError> {
+    let obj = v.as_object().ok_or_else(|| {
+        err(
+            param,
+            format!("'{param}' must be an object like {{\"target\": 0.7}}"),
+        )
+    })?;
+    let mut out = PartialTarget::default();
+    for (k, x) in obj {
+        let p = format!("{param}.{k}");
+        match k.as_str() {
+            "target" => out.target = Some(number(x, &p, 0.0, 1.0, false)?),
+            "weight" => out.weight = Some(number(x, &p, 0.0, MAX_WEIGHT, true)?),
+            "tolerance" => out.tolerance = Some(number(x, &p, 0.0, 1.0, false)?),
+            _ => {
+                return Err(err(
+                    p,
+                    format!("unknown field '{k}'; use target, weight, tolerance"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn object<'a>(v: &'a Value, param: &str) -> Result<&'a Map<String, Value>, FieldError> {
+    v.as_object()
+        .ok_or_else(|| err(param, format!("'{param}' must be an object")))
+}
+
+const ACTIONS: &str = "audit, rewrite, block";
+const FALLBACKS: &str = "original, block";
+const STREAM_MODES: &str = "window, buffer";
+
+impl ProfileSpec {
+    /// Parse a full profile (PUT). `version` and `updated_at` are accepted and ignored, so a
+    /// fetched profile can be sent back edited.
+    pub fn from_json(body: &Value) -> Result<Self, FieldError> {
+        let obj = object(body, "profile")?;
+        let mut spec = ProfileSpec::default();
+        for (k, v) in obj {
+            match k.as_str() {
+                "values" => {
+                    for (name, t) in object(v, "values")? {
+                        let p = format!("values.{name}");
+                        let id = value_id(name, &p)?;
+                        let part = partial_target(t, &p)?;
+                        let target = part.target.ok_or_else(|| {
+                            err(format!("{p}.target"), format!("'{p}.target' is required"))
+                        })?;
+                        spec.values.insert(
+                            id,
+                            ValueTarget {
+                                target,
+                                weight: part.weight.unwrap_or(DEFAULT_WEIGHT),
+                                tolerance: part.tolerance.unwrap_or(DEFAULT_TOLERANCE),
+                            },
+                        );
+                    }
+                }
+                "action" => spec.action = enum_field(v, "action", ACTIONS)?,
+                "fallback" => spec.fallback = enum_field(v, "fallback", FALLBACKS)?,
+                "stream_mode" => spec.stream_mode = enum_field(v, "stream_mode", STREAM_MODES)?,
+                "version" | "updated_at" => {}
+                _ => {
+                    return Err(err(
+                        k.as_str(),
+                        format!(
+                            "unknown field '{k}'; a profile has values, action, fallback, stream_mode"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(spec)
+    }
+
+    pub fn from_profile(p: &Profile) -> Self {
+        Self {
+            values: p.values.clone(),
+            action: p.action,
+            fallback: p.fallback,
+            stream_mode: p.stream_mode,
+        }
+    }
+
+    /// Apply a patch; the result is a complete spec (a new constraint needs a target).
+    pub fn apply(&self, patch: &ProfilePatch) -> Result<Self, FieldError> {
+        let mut out = self.clone();
+        for (id, change) in &patch.values {
+            match change {
+                None => {
+                    out.values.remove(id);
+                }
+                Some(part) => {
+                    let current = out.values.get(id).copied();
+                    let target = part.target.or(current.map(|c| c.target)).ok_or_else(|| {
+                        err(
+                            format!("values.{id}.target"),
+                            format!(
+                                "'values.{id}.target' is required: {id} is not constrained yet"
+                            ),
+                        )
+                    })?;
+                    out.values.insert(
+                        *id,
+                        ValueTarget {
+                            target,
+                            weight: part
+                                .weight
+                                .or(current.map(|c| c.weight))
+                                .unwrap_or(DEFAULT_WEIGHT),
+                            tolerance: part
+                                .tolerance
+                                .or(current.map(|c| c.tolerance))
+                                .unwrap_or(DEFAULT_TOLERANCE),
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(a) = patch.action {
+            out.action = a;
+        }
+        if let Some(f) = patch.fallback {
+            out.fallback = f;
+        }
+        if let Some(m) = patch.stream_mode {
+            out.stream_mode = m;
+        }
+        Ok(out)
+    }
+}
+
+impl ProfilePatch {
+    /// Parse a PATCH body of field changes (an `instruction` is handled by the caller).
+    pub fn from_json(body: &Value) -> Result<Self, FieldError> {
+        let obj = object(body, "patch")?;
+        let mut patch = ProfilePatch::default();
+        for (k, v) in obj {
+            match k.as_str() {
+                "values" => {
+                    for (name, t) in object(v, "values")? {
+                        let p = format!("values.{name}");
+                        let id = value_id(name, &p)?;
+                        let change = if t.is_null() {
+                            None
+                        } else {
+                            Some(partial_target(t, &p)?)
+                        };
+                        patch.values.insert(id, change);
+                    }
+                }
+                "action" => patch.action = Some(enum_field(v, "action", ACTIONS)?),
+                "fallback" => patch.fallback = Some(enum_field(v, "fallback", FALLBACKS)?),
+                "stream_mode" => {
+                    patch.stream_mode = Some(enum_field(v, "stream_mode", STREAM_MODES)?)
+                }
+                _ => {
+                    return Err(err(
+                        k.as_str(),
+                        format!(
+                            "unknown field '{k}'; a patch has values, action, fallback, stream_mode, or instruction"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(patch)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+            && self.action.is_none()
+            && self.fallback.is_none()
+            && self.stream_mode.is_none()
+    }
+}
+
+impl Profile {
+    pub fn from_spec(spec: ProfileSpec, version: u64, updated_at: i64) -> Self {
+        Self {
+            values: spec.values,
+            action: spec.action,
+            fallback: spec.fallback,
+            stream_mode: spec.stream_mode,
+            version,
+            updated_at,
+        }
+    }
+
+    /// Weighted L2 distance over the constrained values: sqrt(sum w (score - target)^2).
+    /// With unit weights this is the plain L2 the VISA paper reports. 0 when nothing is
+    /// constrained.
+    pub fn distance(&self, v: &ValueVector) -> f32 {
+        self.values
+            .iter()
+            .map(|(id, t)| t.weight * (v.get(*id) - t.target).powi(2))
+            .sum::<f32>()
+            .sqrt()
+    }
+
+    /// Cosine similarity between the scores and the targets over the constrained values
+    /// (each dimension scaled by sqrt(weight)). When either side is all zeros it is 1 if both
+    /// are, else 0. With a single constrained value it only says whether both are non-zero,
+    /// so use it next to [`Profile::distance`], not instead of it.
+    pub fn cosine(&self, v: &ValueVector) -> f32 {
+        let (mut dot, mut a2, mut b2) = (0.0f32, 0.0f32, 0.0f32);
+        for (id, t) in &self.values {
+            let (a, b) = (v.get(*id), t.target);
+            dot += t.weight * a * b;
+            a2 += t.weight * a * a;
+            b2 += t.weight * b * b;
+        }
+        if a2 <= f32::EPSILON || b2 <= f32::EPSILON {
+            return if a2 <= f32::EPSILON && b2 <= f32::EPSILON {
+                1.0
+            } else {
+                0.0
+            };
+        }
+        dot / (a2.sqrt() * b2.sqrt())
+    }
+
+    /// Every constrained value within its tolerance.
+    pub fn within_tolerance(&self, v: &ValueVector) -> bool {
+        self.values
+            .iter()
+            .all(|(id, t)| (v.get(*id) - t.target).abs() <= t.tolerance + 1e-6)
+    }
+
+    /// Constrained values outside tolerance, largest weighted gap first, with signed gaps
+    /// (target - score: positive means "express more").
+    pub fn gaps(&self, v: &ValueVector) -> Vec<(ValueId, f32)> {
+        let mut out: Vec<(ValueId, f32, f32)> = self
+            .values
+            .iter()
+            .filter(|(id, t)| (v.get(**id) - t.target).abs() > t.tolerance + 1e-6)
+            .map(|(id, t)| {
+                (
+                    *id,
+                    t.target - v.get(*id),
+                    t.weight * (t.target - v.get(*id)).abs(),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| b.2.total_cmp(&a.2));
+        out.into_iter().map(|(id, g, _)| (id, g)).collect()
+    }
+
+    /// The targets as a full vector (unconstrained values take the given scores).
+    pub fn target_vector(&self, base: &ValueVector) -> ValueVector {
+        let mut out = *base;
+        for (id, t) in &self.values {
+            out.set(*id, t.target);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn profile(v: Value) -> Profile {
+        Profile::from_spec(ProfileSpec::from_json(&v).unwrap(), 1, 0)
+    }
+
+    #[test]
+    fn parses_with_defaults_and_round_trips() {
+        let p = profile(json!({"values": {"benevolence": {"target": 0.8}}, "action": "rewrite"}));
+        let t = p.values[&ValueId::Benevolence];
+        assert_eq!(
+            (t.target, t.weight, t.tolerance),
+            (0.8, DEFAULT_WEIGHT, DEFAULT_TOLERANCE)
+        );
+        assert_eq!(p.action, Action::Rewrite);
+        assert_eq!(p.fallback, Fallback::Original);
+        let back = serde_json::to_value(&p).unwrap();
+        let again = ProfileSpec::from_json(&back).unwrap();
+        assert_eq!(again, ProfileSpec::from_profile(&p));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                json!({"values": {"kindness": {"target": 0.5}}}),
+                "values.kindness",
+            ),
+            (
+                json!({"values": {"power": {"target": 1.5}}}),
+                "values.power.target",
+            ),
+            (
+                json!({"values": {"power": {"target": 0.5, "weight": 0}}}),
+                "values.power.weight",
+            ),
+            (
+                json!({"values": {"power": {"target": 0.5, "tolerance": -0.1}}}),
+                "values.power.tolerance",
+            ),
+            (
+                json!({"values": {"power": {"weight": 2}}}),
+                "values.power.target",
+            ),
+            (
+                json!({"values": {"power": {"target": "high"}}}),
+                "values.power.target",
+            ),
+            (
+                json!({"values": {"power": {"target": 0.5, "colour": 1}}}),
+                "values.power.colour",
+            ),
+            (json!({"action": "shout"}), "action"),
+            (json!({"fallback": "rewrite"}), "fallback"),
+            (json!({"stream_mode": "chunks"}), "stream_mode"),
+            (json!({"nonsense": 1}), "nonsense"),
+            (json!([1]), "profile"),
+        ];
+        for (body, param) in cases {
+            let e = ProfileSpec::from_json(&body).unwrap_err();
+            assert_eq!(e.param, param, "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn patch_merges_removes_and_requires_targets_for_new_values() {
+        let base =
+            ProfileSpec::from_json(&json!({"values": {"power": {"target": 0.2, "weight": 2}}}))
+                .unwrap();
+        let patch = ProfilePatch::from_json(&json!({"values": {"power": {"tolerance": 0.05}, "benevolence": {"target": 0.9}}, "action": "block"})).unwrap();
+        let out = base.apply(&patch).unwrap();
+        assert_eq!(
+            out.values[&ValueId::Power],
+            ValueTarget {
+                target: 0.2,
+                weight: 2.0,
+                tolerance: 0.05
+            }
+        );
+        assert_eq!(out.values[&ValueId::Benevolence].target, 0.9);
+        assert_eq!(out.action, Action::Block);
+        let removed = out
+            .apply(&ProfilePatch::from_json(&json!({"values": {"power": null}})).unwrap())
+            .unwrap();
+        assert!(!removed.values.contains_key(&ValueId::Power));
+        let e = base
+            .apply(
+                &ProfilePatch::from_json(&json!({"values": {"hedonism": {"weight": 1}}})).unwrap(),
+            )
+            .unwrap_err();
+        assert_eq!(e.param, "values.hedonism.target");
+    }
+
+    #[test]
+    fn distance_cosine_tolerance_and_gaps() {
+        let p = profile(
+            json!({"values": {"benevolence": {"target": 0.8, "tolerance": 0.1}, "power": {"target": 0.0, "weight": 4, "tolerance": 0.1}}}),
+        );
+        let mut v = ValueVector::default();
+        v.set(ValueId::Benevolence, 0.8);
+        assert!(p.within_tolerance(&v));
+        assert!(p.distance(&v).abs() < 1e-6);
+        assert!((p.cosine(&v) - 1.0).abs() < 1e-6);
+        v.set(ValueId::Power, 0.5);
+        // sqrt(4 * 0.25) = 1
+        assert!((p.distance(&v) - 1.0).abs() < 1e-6);
+        assert!(!p.within_tolerance(&v));
+        // cosine: a=(0.8, 0.5) b=(0.8, 0) with weights (1, 4): dot=0.64, |a|=sqrt(0.64+1), |b|=0.8
+        let expect = 0.64 / ((0.64f32 + 1.0).sqrt() * 0.8);
+        assert!((p.cosine(&v) - expect).abs() < 1e-6);
+        v.set(ValueId::Benevolence, 0.5);
+        let gaps = p.gaps(&v);
+        assert_eq!(
+            gaps[0].0,
+            ValueId::Power,
+            "the weighted gap of power (4 * 0.5) leads"
+        );
+        assert!((gaps[0].1 + 0.5).abs() < 1e-6);
+        assert!((gaps[1].1 - 0.3).abs() < 1e-6);
+    }
+}
