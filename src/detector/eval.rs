@@ -181,6 +181,65 @@ pub fn latency(
     (p(0.5), p(0.9), per_sec)
 }
 
+/// Long answers made of 5 consecutive arguments each (gold: the union of their labels), scored
+/// (a) whole, truncated to the encoder's token limit, and (b) sentence by sentence with the
+/// maximum over windows, as the detector does.
+fn long_texts(encoder: &SentenceEncoder, head: &Head, items: &[super::data::Argument]) -> anyhow::Result<()> {
+    let groups: Vec<&[super::data::Argument]> = items.chunks(5).filter(|g| g.len() == 5).collect();
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let texts: Vec<String> = groups.iter().map(|g| g.iter().map(|a| a.text()).collect::<Vec<_>>().join(" ")).collect();
+    let gold: Vec<[u8; 20]> = groups
+        .iter()
+        .map(|g| {
+            let mut l = [0u8; 20];
+            for a in g.iter() {
+                for c in 0..20 {
+                    l[c] |= a.labels[c];
+                }
+            }
+            l
+        })
+        .collect();
+    let whole_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let whole = embed_sorted(encoder, &whole_refs, 16).map_err(anyhow::Error::msg)?;
+    let whole_probs: Vec<[f32; 20]> = whole.iter().map(|v| head.probabilities(v)).collect();
+    let per_text: Vec<Vec<String>> = texts
+        .iter()
+        .map(|t| super::windows(t, super::WINDOW_WORDS, super::MIN_WINDOW_WORDS))
+        .collect();
+    let flat: Vec<&str> = per_text.iter().flatten().map(String::as_str).collect();
+    let vecs = embed_sorted(encoder, &flat, 32).map_err(anyhow::Error::msg)?;
+    let mut it = vecs.iter();
+    let window_probs: Vec<[f32; 20]> = per_text
+        .iter()
+        .map(|w| {
+            let mut p = [0f32; 20];
+            for v in it.by_ref().take(w.len()) {
+                let q = head.probabilities(v);
+                for c in 0..20 {
+                    p[c] = p[c].max(q[c]);
+                }
+            }
+            p
+        })
+        .collect();
+    let a = evaluate(&whole_probs, &gold, &head.thresholds);
+    let b = evaluate(&window_probs, &gold, &head.thresholds);
+    println!();
+    println!(
+        "long texts ({} texts of 5 arguments, {:.1} windows each): macro-F1 categories / values: whole text {:.3} / {:.3}, sentence windows + max {:.3} / {:.3}",
+        groups.len(),
+        flat.len() as f64 / groups.len() as f64,
+        a.macro_f1_categories,
+        a.macro_f1_values,
+        b.macro_f1_categories,
+        b.macro_f1_values
+    );
+    Ok(())
+}
+
 /// `visa-proxy eval-detector`.
 pub fn run(data: &Path, split: &str, encoder_dir: &Path, head_path: &Path) -> anyhow::Result<()> {
     let items = super::data::load_split(data, split).map_err(anyhow::Error::msg)?;
@@ -200,6 +259,7 @@ pub fn run(data: &Path, split: &str, encoder_dir: &Path, head_path: &Path) -> an
         super::MAPPING_NAME
     );
     print_report(&report);
+    long_texts(&encoder, &head, &items)?;
     let (p50, p90, per_sec) = latency(&encoder, &head, 200, 20);
     println!();
     println!(

@@ -233,6 +233,30 @@ pub struct DetectTiming {
     pub compute: Duration,
 }
 
+/// A value detector backend. The default is [`Detector`] (encoder + head); an LLM scoring
+/// values from token log-probabilities, or a larger encoder, implements the same trait.
+pub trait ValueDetector: Send + Sync + 'static {
+    /// One detection per text, in order.
+    fn detect<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, Result<(Vec<Detection>, DetectTiming), ApiError>>;
+    /// A short name for cards, logs and the API.
+    fn name(&self) -> &str;
+}
+
+impl ValueDetector for Detector {
+    fn detect<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, Result<(Vec<Detection>, DetectTiming), ApiError>> {
+        Box::pin(Detector::detect(self, texts))
+    }
+    fn name(&self) -> &str {
+        "minilm-logistic"
+    }
+}
+
 /// Encoder service + head.
 pub struct Detector {
     pub encoder: Arc<EncoderService>,

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::detector::{Detector, Head};
+use crate::detector::{Detector, Head, ValueDetector};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
 use crate::models::encoder::{EncoderFiles, SentenceEncoder};
@@ -55,7 +55,7 @@ pub struct AppState {
 /// The encoder service and what is built on it.
 pub struct ValueModels {
     pub encoder: Arc<EncoderService>,
-    pub detector: Detector,
+    pub detector: Arc<dyn ValueDetector>,
     pub translator: Translator,
 }
 
@@ -87,10 +87,10 @@ impl ValueModels {
             .await
             .map_err(|e| anyhow::anyhow!("translator: {}", e.message))?;
         Ok(Self {
-            detector: Detector {
+            detector: Arc::new(Detector {
                 encoder: encoder.clone(),
                 head,
-            },
+            }),
             encoder,
             translator,
         })
