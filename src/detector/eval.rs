@@ -184,12 +184,19 @@ pub fn latency(
 /// Long answers made of 5 consecutive arguments each (gold: the union of their labels), scored
 /// (a) whole, truncated to the encoder's token limit, and (b) sentence by sentence with the
 /// maximum over windows, as the detector does.
-fn long_texts(encoder: &SentenceEncoder, head: &Head, items: &[super::data::Argument]) -> anyhow::Result<()> {
+fn long_texts(
+    encoder: &SentenceEncoder,
+    head: &Head,
+    items: &[super::data::Argument],
+) -> anyhow::Result<()> {
     let groups: Vec<&[super::data::Argument]> = items.chunks(5).filter(|g| g.len() == 5).collect();
     if groups.is_empty() {
         return Ok(());
     }
-    let texts: Vec<String> = groups.iter().map(|g| g.iter().map(|a| a.text()).collect::<Vec<_>>().join(" ")).collect();
+    let texts: Vec<String> = groups
+        .iter()
+        .map(|g| g.iter().map(|a| a.text()).collect::<Vec<_>>().join(" "))
+        .collect();
     let gold: Vec<[u8; 20]> = groups
         .iter()
         .map(|g| {
