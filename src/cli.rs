@@ -68,6 +68,14 @@ pub enum Command {
         /// Cache of embeddings between runs ("none" to disable).
         #[arg(long, default_value = ".cache/embeddings")]
         cache: String,
+        /// Fine-tune this many top encoder layers with the head (0: frozen encoder). The
+        /// layers are written next to the head as HEAD.encoder.safetensors (f16).
+        #[arg(long, default_value_t = 2)]
+        fine_tune_layers: usize,
+        #[arg(long, default_value_t = 2)]
+        fine_tune_epochs: usize,
+        #[arg(long, default_value_t = 0.00005)]
+        fine_tune_lr: f64,
     },
     /// Evaluate the value detector on a split: per-category and per-value precision, recall,
     /// F1, macro-F1, and latency.
@@ -123,7 +131,13 @@ pub fn run(cli: Cli) -> ExitCode {
             weight_decay,
             holdout,
             cache,
+            fine_tune_layers,
+            fine_tune_epochs,
+            fine_tune_lr,
         } => crate::detector::train::run(&crate::detector::train::TrainOptions {
+            fine_tune_layers,
+            fine_tune_epochs,
+            fine_tune_lr,
             data,
             out,
             encoder_dir: encoder,

@@ -47,7 +47,11 @@ fn training_reproduces_the_committed_head() {
     let f = |c: &Value, k: &str| c["validation"][k].as_f64().unwrap();
     for k in ["macro_f1_categories", "macro_f1_values"] {
         let (a, b) = (f(&fresh, k), f(&committed, k));
-        assert!((a - b).abs() <= 0.01, "{k}: fresh {a:.4}, committed {b:.4}");
+        // Fine-tuning runs multithreaded float reductions, so runs differ slightly.
+        assert!(
+            (a - b).abs() <= 0.015,
+            "{k}: fresh {a:.4}, committed {b:.4}"
+        );
     }
     assert_eq!(
         fresh["encoder"]["weights_sha256"],
@@ -55,6 +59,14 @@ fn training_reproduces_the_committed_head() {
     );
     assert_eq!(fresh["mapping"], "variantA_pyvalues");
     assert_eq!(fresh["thresholds"].as_object().unwrap().len(), 20);
+    assert_eq!(
+        fresh["encoder"]["fine_tuned"]["layers"],
+        committed["encoder"]["fine_tuned"]["layers"]
+    );
+    assert!(
+        out.with_extension("encoder.safetensors").exists(),
+        "the fine-tuned layers are written next to the head"
+    );
 }
 
 /// `eval-detector` reads a split in the data set's format and prints the metrics.

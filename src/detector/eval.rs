@@ -202,8 +202,8 @@ fn long_texts(
         .map(|g| {
             let mut l = [0u8; 20];
             for a in g.iter() {
-                for c in 0..20 {
-                    l[c] |= a.labels[c];
+                for (x, y) in l.iter_mut().zip(a.labels) {
+                    *x |= y;
                 }
             }
             l
@@ -224,9 +224,8 @@ fn long_texts(
         .map(|w| {
             let mut p = [0f32; 20];
             for v in it.by_ref().take(w.len()) {
-                let q = head.probabilities(v);
-                for c in 0..20 {
-                    p[c] = p[c].max(q[c]);
+                for (x, y) in p.iter_mut().zip(head.probabilities(v)) {
+                    *x = x.max(y);
                 }
             }
             p

@@ -2,6 +2,7 @@
 //! fit a logistic head over the 20 categories, pick per-category thresholds on a held-out part
 //! of the training split, report on validation, and write the head with a JSON card.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -29,11 +30,167 @@ pub struct TrainOptions {
     pub holdout: f64,
     /// Where embeddings are cached between runs (keyed by encoder and texts).
     pub cache_dir: Option<PathBuf>,
+    /// Fine-tune this many top encoder layers with the head (0: frozen encoder).
+    pub fine_tune_layers: usize,
+    pub fine_tune_epochs: usize,
+    pub fine_tune_lr: f64,
 }
 
-pub fn load_encoder(encoder_dir: &Path, _head: &Path) -> anyhow::Result<SentenceEncoder> {
-    Ok(SentenceEncoder::load(
+/// Texts per fine-tuning step.
+const FT_BATCH: usize = 32;
+
+/// Fine-tune the top `k` encoder layers together with the head (warm-started from the logistic
+/// head), with the bottom layers frozen and run once. Returns the new layer tensors (by name)
+/// and the new head weights.
+fn fine_tune(
+    encoder_dir: &Path,
+    texts: &[&str],
+    labels: &[[u8; 20]],
+    head: &Head,
+    k: usize,
+    epochs: usize,
+    lr: f64,
+) -> anyhow::Result<(HashMap<String, Tensor>, Head)> {
+    let dev = Device::Cpu;
+    let files = EncoderFiles::new(encoder_dir);
+    let base = SentenceEncoder::load(&files, MAX_TOKENS)?;
+    let n_layers = base.bert.num_layers();
+    anyhow::ensure!(
+        k >= 1 && k <= n_layers,
+        "--fine-tune-layers must be in 1..={n_layers}"
+    );
+    let start = n_layers - k;
+
+    // The frozen bottom, once: batches of similar length.
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| texts[i].len());
+    let started = Instant::now();
+    let mut batches: Vec<(Tensor, Tensor, Tensor)> = Vec::new();
+    for chunk in order.chunks(FT_BATCH) {
+        let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+        let (ids, mask) = base.tokenize(&batch)?;
+        let x = base.bert.embed_tokens(&ids, false)?;
+        let bottom = base.bert.run_layers(&x, &mask, 0, start, false)?;
+        let y: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&i| labels[i].iter().map(|&v| f32::from(v)))
+            .collect();
+        batches.push((bottom, mask, Tensor::from_vec(y, (chunk.len(), 20), &dev)?));
+    }
+    eprintln!(
+        "fine-tune: frozen bottom ({start} layers) of {} texts in {:.0} s",
+        texts.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Trainable copies of the top layers.
+    let weights = std::fs::read(files.weights())?;
+    let mut tensors = candle_core::safetensors::load_buffer(&weights, &dev)?;
+    let mut vars: Vec<(String, candle_core::Var)> = Vec::new();
+    for (name, t) in tensors.iter_mut() {
+        let trainable = (start..n_layers).any(|i| name.starts_with(&format!("encoder.layer.{i}.")));
+        if trainable {
+            let v = candle_core::Var::from_tensor(t)?;
+            *t = v.as_tensor().clone();
+            vars.push((name.clone(), v));
+        }
+    }
+    let top = crate::models::encoder::Bert::new(
+        base.bert.config.clone(),
+        VarBuilder::from_tensors(tensors, DType::F32, &dev),
+    )?;
+    let d = head.dim();
+    let w = candle_core::Var::from_tensor(&Tensor::from_vec(
+        head.weight.iter().flatten().copied().collect::<Vec<f32>>(),
+        (20, d),
+        &dev,
+    )?)?;
+    let b = candle_core::Var::from_tensor(&Tensor::from_vec(head.bias.to_vec(), 20, &dev)?)?;
+    let n = labels.len();
+    let pos_weight: Vec<f32> = (0..20)
+        .map(|c| {
+            let pos = labels.iter().filter(|r| r[c] == 1).count().max(1) as f32;
+            ((n as f32 - pos) / pos).sqrt().clamp(1.0, 10.0)
+        })
+        .collect();
+    let pw = Tensor::from_vec(pos_weight, (1, 20), &dev)?;
+    let mut opt_layers = candle_nn::AdamW::new(
+        vars.iter().map(|(_, v)| v.clone()).collect(),
+        candle_nn::ParamsAdamW {
+            lr,
+            weight_decay: 0.01,
+            ..Default::default()
+        },
+    )?;
+    let mut opt_head = candle_nn::AdamW::new(
+        vec![w.clone(), b.clone()],
+        candle_nn::ParamsAdamW {
+            lr: lr * 20.0,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let softplus = |t: &Tensor| -> candle_core::Result<Tensor> {
+        t.relu()? + ((t.abs()?.neg()?.exp()? + 1.0)?.log()?)
+    };
+    let mut step_order: Vec<usize> = (0..batches.len()).collect();
+    for epoch in 0..epochs {
+        // A fixed, epoch-dependent shuffle (reproducible without an RNG crate).
+        step_order.sort_by_key(|&i| sha256_hex(format!("{epoch}:{i}").as_bytes()));
+        let mut total = 0.0f32;
+        for (k_step, &bi) in step_order.iter().enumerate() {
+            let (bottom, mask, y) = &batches[bi];
+            let states = top.run_layers(bottom, mask, start, n_layers, true)?;
+            let pooled = crate::models::encoder::mean_pool_normalize(&states, mask)?;
+            let z = pooled
+                .matmul(&w.as_tensor().t()?)?
+                .broadcast_add(b.as_tensor())?;
+            let loss = ((y.broadcast_mul(&pw)? * softplus(&z.neg()?)?)?
+                + ((1.0 - y)? * softplus(&z)?)?)?
+            .mean_all()?;
+            let grads = loss.backward()?;
+            opt_layers.step(&grads)?;
+            opt_head.step(&grads)?;
+            total += loss.to_scalar::<f32>()?;
+            if k_step % 40 == 0 {
+                eprintln!(
+                    "fine-tune epoch {epoch} step {k_step}/{}: loss {:.4} ({:.0} s)",
+                    batches.len(),
+                    total / (k_step + 1) as f32,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    let delta: HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(name, v)| Ok((name.clone(), v.as_tensor().to_dtype(DType::F16)?)))
+        .collect::<candle_core::Result<_>>()?;
+    let new_head = Head {
+        weight: w.as_tensor().to_vec2::<f32>()?,
+        bias: b
+            .as_tensor()
+            .to_vec1::<f32>()?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("bias has the wrong size"))?,
+        thresholds: head.thresholds,
+    };
+    Ok((delta, new_head))
+}
+
+/// The fine-tuned encoder layers that belong to a head: `head.safetensors` ->
+/// `head.encoder.safetensors`.
+pub fn delta_path(head: &Path) -> PathBuf {
+    head.with_extension("encoder.safetensors")
+}
+
+/// The encoder a head was trained with: the base, plus the head's fine-tuned layers if any.
+pub fn load_encoder(encoder_dir: &Path, head: &Path) -> anyhow::Result<SentenceEncoder> {
+    let delta = delta_path(head);
+    let delta = delta.exists().then_some(delta);
+    Ok(SentenceEncoder::load_with_delta(
         &EncoderFiles::new(encoder_dir),
+        delta.as_deref(),
         MAX_TOKENS,
     )?)
 }
@@ -188,6 +345,43 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<Report> {
         bias,
         thresholds: [0.5; 20],
     };
+    let delta_file = delta_path(&o.out);
+    let mut fine_tuned = serde_json::Value::Bool(false);
+    let (xtr, xva) = if o.fine_tune_layers > 0 {
+        let fit_texts: Vec<&str> = fit_idx.iter().map(|&i| train[i].text()).collect();
+        let (delta, tuned) = fine_tune(
+            &o.encoder_dir,
+            &fit_texts,
+            &fy,
+            &head,
+            o.fine_tune_layers,
+            o.fine_tune_epochs,
+            o.fine_tune_lr,
+        )?;
+        head = tuned;
+        candle_core::safetensors::save(&delta, &delta_file)?;
+        let bytes = std::fs::read(&delta_file)?;
+        fine_tuned = json!({
+            "layers": o.fine_tune_layers, "epochs": o.fine_tune_epochs, "learning_rate": o.fine_tune_lr,
+            "batch": FT_BATCH, "file": delta_file.file_name().map(|f| f.to_string_lossy().to_string()),
+            "sha256": sha256_hex(&bytes), "bytes": bytes.len(), "dtype": "f16",
+        });
+        let tuned_encoder = load_encoder(&o.encoder_dir, &o.out)?;
+        (
+            embed_cached(&tuned_encoder, &train_texts, None, "training (fine-tuned)")?,
+            embed_cached(
+                &tuned_encoder,
+                &valid_texts,
+                None,
+                "validation (fine-tuned)",
+            )?,
+        )
+    } else {
+        if delta_file.exists() {
+            std::fs::remove_file(&delta_file)?;
+        }
+        (xtr, xva)
+    };
     let hold_probs: Vec<[f32; 20]> = hold_idx
         .iter()
         .map(|&i| head.probabilities(&xtr[i]))
@@ -220,7 +414,7 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<Report> {
             "files": o.encoder_dir.display().to_string(),
             "weights_sha256": encoder.weights_sha256,
             "max_tokens": MAX_TOKENS,
-            "fine_tuned": false,
+            "fine_tuned": fine_tuned,
         },
         "head": {"kind": "logistic", "inputs": head.dim(), "outputs": 20},
         "training": {

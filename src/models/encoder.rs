@@ -164,6 +164,12 @@ impl Bert {
 
     /// Token states [B, T, H] for ids and mask [B, T] (u32).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let x = self.embed_tokens(ids, train)?;
+        self.run_layers(&x, mask, 0, self.layers.len(), train)
+    }
+
+    /// Embedding layer output [B, T, H].
+    pub fn embed_tokens(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let positions = Tensor::arange(0u32, t as u32, ids.device())?
             .unsqueeze(0)?
@@ -171,12 +177,30 @@ impl Bert {
         let types = ids.zeros_like()?;
         let x = (self.word.forward(ids)? + self.position.forward(&positions)?)?;
         let x = (x + self.token_type.forward(&types)?)?;
-        let mut x = self.emb_norm.forward(&x, train)?;
+        self.emb_norm.forward(&x, train)
+    }
+
+    /// Run layers `from..to` on states `x` (fine-tuning runs the frozen bottom once and
+    /// trains only the top).
+    pub fn run_layers(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        from: usize,
+        to: usize,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t) = mask.dims2()?;
         let mask_bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?;
-        for layer in &self.layers {
+        let mut x = x.clone();
+        for layer in &self.layers[from..to.min(self.layers.len())] {
             x = layer.forward(&x, &mask_bias, train)?;
         }
         Ok(x)
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 }
 
@@ -239,9 +263,30 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 impl SentenceEncoder {
     /// Load from a folder with `model.safetensors`, `tokenizer.json` and `config.json`.
     pub fn load(files: &EncoderFiles, max_tokens: usize) -> Result<Self> {
+        Self::load_with_delta(files, None, max_tokens)
+    }
+
+    /// Load, then replace the tensors a fine-tuning delta file holds (stored as f16).
+    pub fn load_with_delta(
+        files: &EncoderFiles,
+        delta: Option<&Path>,
+        max_tokens: usize,
+    ) -> Result<Self> {
         let weights = read(&files.weights())?;
         let weights_sha256 = sha256_hex(&weights);
-        let tensors = candle_core::safetensors::load_buffer(&weights, &Device::Cpu)?;
+        let mut tensors = candle_core::safetensors::load_buffer(&weights, &Device::Cpu)?;
+        if let Some(path) = delta {
+            let bytes = read(path)?;
+            for (name, t) in candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)? {
+                if !tensors.contains_key(&name) {
+                    return Err(EncoderError::Files(format!(
+                        "{}: unknown tensor {name}",
+                        path.display()
+                    )));
+                }
+                tensors.insert(name, t.to_dtype(DType::F32)?);
+            }
+        }
         Self::from_tensors(files, tensors, max_tokens, weights_sha256)
     }
 

@@ -67,8 +67,15 @@ impl ValueModels {
         let head_path = std::path::Path::new(&config.detector_head);
         let head =
             Head::load(head_path).map_err(|e| anyhow::anyhow!("models.detector_head: {e}"))?;
+        // The head's fine-tuned encoder layers, when it has them (HEAD.encoder.safetensors).
+        let delta = crate::detector::train::delta_path(head_path);
+        let delta = delta.exists().then_some(delta);
         let encoder = tokio::task::spawn_blocking(move || {
-            SentenceEncoder::load(&files, crate::detector::train::MAX_TOKENS)
+            SentenceEncoder::load_with_delta(
+                &files,
+                delta.as_deref(),
+                crate::detector::train::MAX_TOKENS,
+            )
         })
         .await?
         .map_err(|e| anyhow::anyhow!("models.encoder_dir: {e}"))?;
