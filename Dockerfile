@@ -35,10 +35,13 @@ COPY --from=models /src/models ./models
 COPY config.toml ./config.toml
 COPY static ./static
 COPY openapi ./openapi
-RUN chown -R visa:visa /app
+COPY assets ./assets
+# data/ holds the profile database (profiles.database); mount a volume there to keep it.
+RUN mkdir -p /app/data && chown -R visa:visa /app
 USER 10001:10001
 ENV VISA_LISTEN=0.0.0.0:8080 \
     VISA_CONFIG=/app/config.toml
+VOLUME ["/app/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
   CMD ["visa-proxy", "healthcheck", "--url", "http://127.0.0.1:8080/healthz"]
