@@ -176,46 +176,15 @@ const FALLBACKS: &str = "original, block";
 const STREAM_MODES: &str = "window, buffer";
 
 impl ProfileSpec {
-    /// Parse a full profile (PUT). `version` and `updated_at` are accepted and ignored, so a
-    /// fetched profile can be sent back edited.
+    /// Parse a full profile (PUT): the same fields as a patch, applied to an empty profile
+    /// (so every named value needs a target). `version` and `updated_at` are accepted and
+    /// ignored, so a fetched profile can be sent back edited.
     pub fn from_json(body: &Value) -> Result<Self, FieldError> {
-        let obj = object(body, "profile")?;
-        let mut spec = ProfileSpec::default();
-        for (k, v) in obj {
-            match k.as_str() {
-                "values" => {
-                    for (name, t) in object(v, "values")? {
-                        let p = format!("values.{name}");
-                        let id = value_id(name, &p)?;
-                        let part = partial_target(t, &p)?;
-                        let target = part.target.ok_or_else(|| {
-                            err(format!("{p}.target"), format!("'{p}.target' is required"))
-                        })?;
-                        spec.values.insert(
-                            id,
-                            ValueTarget {
-                                target,
-                                weight: part.weight.unwrap_or(DEFAULT_WEIGHT),
-                                tolerance: part.tolerance.unwrap_or(DEFAULT_TOLERANCE),
-                            },
-                        );
-                    }
-                }
-                "action" => spec.action = enum_field(v, "action", ACTIONS)?,
-                "fallback" => spec.fallback = enum_field(v, "fallback", FALLBACKS)?,
-                "stream_mode" => spec.stream_mode = enum_field(v, "stream_mode", STREAM_MODES)?,
-                "version" | "updated_at" => {}
-                _ => {
-                    return Err(err(
-                        k.as_str(),
-                        format!(
-                            "unknown field '{k}'; a profile has values, action, fallback, stream_mode"
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(spec)
+        let mut obj = object(body, "profile")?.clone();
+        obj.remove("version");
+        obj.remove("updated_at");
+        let patch = ProfilePatch::from_json(&Value::Object(obj))?;
+        ProfileSpec::default().apply(&patch)
     }
 
     pub fn from_profile(p: &Profile) -> Self {
@@ -303,7 +272,7 @@ impl ProfilePatch {
                     return Err(err(
                         k.as_str(),
                         format!(
-                            "unknown field '{k}'; a patch has values, action, fallback, stream_mode, or instruction"
+                            "unknown field '{k}'; a profile has values, action, fallback, stream_mode"
                         ),
                     ));
                 }
