@@ -63,6 +63,8 @@ pub struct Metrics {
     upstream_duration: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     in_flight: Family<RouteLabels, Gauge<i64, AtomicI64>>,
     rejected: Family<ReasonLabels, Counter>,
+    /// Shared with the encoder thread.
+    pub encoder: crate::models::service::ServiceStats,
 }
 
 impl Default for Metrics {
@@ -118,7 +120,29 @@ impl Metrics {
             "Requests refused before reaching a handler (auth, limits, load shedding)",
             rejected.clone(),
         );
+        let encoder = crate::models::service::ServiceStats::default();
+        for (name, help, value) in [
+            (
+                "encoder_batches",
+                "Forward passes of the sentence encoder",
+                &encoder.batches,
+            ),
+            ("encoder_texts", "Texts (windows) encoded", &encoder.texts),
+            (
+                "encoder_rejected",
+                "Encoder requests refused because the queue was full (429)",
+                &encoder.rejected_full,
+            ),
+            (
+                "encoder_cancelled",
+                "Encoder requests skipped because their caller had gone",
+                &encoder.skipped_cancelled,
+            ),
+        ] {
+            registry.register(name, help, value.clone());
+        }
         Self {
+            encoder,
             registry,
             requests,
             duration,

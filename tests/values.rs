@@ -780,6 +780,24 @@ async fn full_encoder_queue_answers_429() {
         }
     }
     assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
+    let metrics = c()
+        .get(p.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in {metrics}"))
+    };
+    assert_eq!(counter("visa_encoder_rejected_total"), shed as u64);
+    assert!(counter("visa_encoder_batches_total") >= ok as u64);
+    assert!(counter("visa_encoder_texts_total") >= ok as u64);
 }
 
 #[tokio::test]

@@ -2,8 +2,8 @@
 //! are batched together; a full queue answers "overloaded" at once; a request whose caller has
 //! gone is skipped.
 
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -25,13 +25,13 @@ struct Job {
     reply: oneshot::Sender<Result<Embedded, String>>,
 }
 
-/// Counters for `/metrics` and benchmarks.
-#[derive(Default)]
+/// Counters for `/metrics` and benchmarks; the server registers them with Prometheus.
+#[derive(Default, Clone)]
 pub struct ServiceStats {
-    pub batches: AtomicU64,
-    pub texts: AtomicU64,
-    pub skipped_cancelled: AtomicU64,
-    pub rejected_full: AtomicU64,
+    pub batches: Counter,
+    pub texts: Counter,
+    pub skipped_cancelled: Counter,
+    pub rejected_full: Counter,
 }
 
 pub struct EncoderService {
@@ -49,9 +49,10 @@ impl EncoderService {
         encoder: SentenceEncoder,
         queue: usize,
         max_batch: usize,
+        stats: ServiceStats,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>(queue.max(1));
-        let stats = Arc::new(ServiceStats::default());
+        let stats = Arc::new(stats);
         let dim = encoder.bert.config.hidden_size;
         let weights_sha256 = encoder.weights_sha256.clone();
         let worker_stats = stats.clone();
@@ -77,7 +78,7 @@ impl EncoderService {
         };
         self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
-                self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
+                self.stats.rejected_full.inc();
                 ApiError::new(
                     ErrorKind::Overloaded,
                     format!(
@@ -118,7 +119,7 @@ fn worker(
         jobs.retain(|j| {
             let gone = j.reply.is_closed();
             if gone {
-                stats.skipped_cancelled.fetch_add(1, Ordering::Relaxed);
+                stats.skipped_cancelled.inc();
             }
             !gone
         });
@@ -132,8 +133,8 @@ fn worker(
             .collect();
         let result = embed_sorted(&encoder, &all, max_batch);
         let compute = started.elapsed();
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.texts.fetch_add(all.len() as u64, Ordering::Relaxed);
+        stats.batches.inc();
+        stats.texts.inc_by(all.len() as u64);
         let batch_texts = all.len();
         match result {
             Ok(mut vectors) => {

@@ -62,7 +62,10 @@ pub struct ValueModels {
 impl ValueModels {
     /// Load the encoder and head, start the encoder thread, embed the translator's value
     /// descriptions.
-    pub async fn load(config: &crate::config::ModelsConfig) -> anyhow::Result<Self> {
+    pub async fn load(
+        config: &crate::config::ModelsConfig,
+        stats: crate::models::service::ServiceStats,
+    ) -> anyhow::Result<Self> {
         let files = EncoderFiles::new(&config.encoder_dir);
         let head_path = std::path::Path::new(&config.detector_head);
         let head =
@@ -89,6 +92,7 @@ impl ValueModels {
             encoder,
             config.encoder_queue,
             config.encoder_max_batch,
+            stats,
         )?);
         let translator = Translator::new(encoder.clone())
             .await
@@ -118,7 +122,9 @@ impl AppState {
         let profiles = Profiles::open(Arc::new(store))
             .map_err(|e| anyhow::anyhow!("profiles.database: {e}"))?;
         let models = if config.models.enabled {
-            Some(Arc::new(ValueModels::load(&config.models).await?))
+            Some(Arc::new(
+                ValueModels::load(&config.models, metrics.encoder.clone()).await?,
+            ))
         } else {
             None
         };

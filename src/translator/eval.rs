@@ -94,7 +94,7 @@ pub fn run(cases_path: &Path, encoder_dir: &Path) -> anyhow::Result<()> {
             &EncoderFiles::new(encoder_dir),
             crate::detector::train::MAX_TOKENS,
         )?;
-        let service = Arc::new(EncoderService::start(encoder, 64, 32)?);
+        let service = Arc::new(EncoderService::start(encoder, 64, 32, Default::default())?);
         let translator = Translator::new(service)
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
