@@ -9,15 +9,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use support::key_hash;
 use support::mock_upstream::MockUpstream;
 use support::proxy::Proxy;
 
 const ADMIN_KEY: &str = "admin-secret";
 const UPSTREAM_KEY: &str = "upstream-secret";
-
-fn key_hash(key: &str) -> String {
-    hex::encode(visa_proxy::config::hash_key(key))
-}
 
 /// The standard test config: tenants with and without limits, a working and a dead upstream.
 fn config(mock: &MockUpstream, server_extra: &str) -> String {

@@ -8,14 +8,11 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::key_hash;
 use support::mock_upstream::MockUpstream;
 use support::proxy::Proxy;
 
 const ADMIN: &str = "admin-secret";
-
-fn key_hash(key: &str) -> String {
-    hex::encode(visa_proxy::config::hash_key(key))
-}
 
 fn config(mock: &MockUpstream, extra: &str) -> String {
     format!(

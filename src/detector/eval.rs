@@ -121,33 +121,29 @@ pub fn best_threshold(probs: &[f32], gold: &[u8]) -> f32 {
     best.0
 }
 
-pub fn print_report(r: &Report) {
+fn print_table(first: &str, rows: &[(String, Prf)], macro_label: &str, macro_f1: f32) {
     println!(
         "{:<28} {:>9} {:>7} {:>6} {:>8}",
-        "category", "precision", "recall", "F1", "support"
+        first, "precision", "recall", "F1", "support"
     );
-    for (n, m) in &r.categories {
+    for (n, m) in rows {
         println!(
             "{:<28} {:>9.3} {:>7.3} {:>6.3} {:>8}",
             n, m.precision, m.recall, m.f1, m.support
         );
     }
-    println!(
-        "macro-F1 over the 20 categories: {:.3}",
-        r.macro_f1_categories
+    println!("macro-F1 over the {macro_label}: {macro_f1:.3}");
+}
+
+pub fn print_report(r: &Report) {
+    print_table(
+        "category",
+        &r.categories,
+        "20 categories",
+        r.macro_f1_categories,
     );
     println!();
-    println!(
-        "{:<28} {:>9} {:>7} {:>6} {:>8}",
-        "value", "precision", "recall", "F1", "support"
-    );
-    for (n, m) in &r.values {
-        println!(
-            "{:<28} {:>9.3} {:>7.3} {:>6.3} {:>8}",
-            n, m.precision, m.recall, m.f1, m.support
-        );
-    }
-    println!("macro-F1 over the 10 values: {:.3}", r.macro_f1_values);
+    print_table("value", &r.values, "10 values", r.macro_f1_values);
 }
 
 /// Latency of one text of about `tokens` tokens, batch size 1: (p50, p90) in milliseconds, and

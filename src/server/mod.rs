@@ -152,11 +152,7 @@ impl AppState {
         })
     }
 
-    pub async fn translate(
-        &self,
-        instruction: &str,
-        _start: Option<&crate::values::ValueVector>,
-    ) -> Result<Translation, ApiError> {
+    pub async fn translate(&self, instruction: &str) -> Result<Translation, ApiError> {
         self.models()?.translator.translate(instruction).await
     }
 }

@@ -81,7 +81,7 @@ async fn patch_spec(
             )
             .with_param("instruction"));
         }
-        let translation = state.translate(text, None).await?;
+        let translation = state.translate(text).await?;
         let patch = translation.as_patch(&base);
         return Ok(base.apply(&patch)?);
     }
