@@ -129,6 +129,8 @@ fn start_proxy(mock_base: &str, dir: &std::path::Path) -> (std::process::Child, 
 max_concurrent_requests = 100000
 [log]
 level = "info"
+[llm]
+enabled = false
 [[upstreams]]
 name = "mock"
 base_url = "{mock_base}"

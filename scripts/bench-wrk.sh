@@ -23,6 +23,8 @@ hash="$("$bin/visa-proxy" hash-key sk-bench)"
 cat >"$work/config.toml" <<TOML
 [server]
 max_concurrent_requests = 100000
+[llm]
+enabled = false
 [[upstreams]]
 name = "mock"
 base_url = "$mock_url"

@@ -24,7 +24,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn config_err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn config_err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.into(),
         message: message.into(),
@@ -46,6 +46,12 @@ pub struct Config {
     pub profiles: ProfilesConfig,
     #[serde(default)]
     pub models: ModelsConfig,
+    #[serde(default)]
+    pub llm: LlmConfig,
+    #[serde(default)]
+    pub rewriter: RewriterConfig,
+    #[serde(default)]
+    pub enforce: EnforceConfig,
     /// Filled from `VISA_ADMIN_KEY`, never from the file.
     #[serde(skip)]
     pub admin_key: Option<String>,
@@ -120,6 +126,8 @@ impl Default for ModelsConfig {
     }
 }
 
+pub use crate::config_models::{EnforceConfig, LlmConfig, RewriterBackend, RewriterConfig};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProfilesConfig {
@@ -167,7 +175,12 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
+    /// `openai`: an OpenAI-compatible HTTP API at `base_url`; `local`: the proxy's own
+    /// language model (the `[llm]` section).
+    #[serde(default)]
+    pub kind: UpstreamKind,
     /// Base URL up to and including the API version, e.g. `https://api.openai.com/v1`.
+    #[serde(default)]
     pub base_url: String,
     /// Name of the environment variable that holds the upstream's API key (read once at start).
     #[serde(default)]
@@ -197,6 +210,14 @@ pub struct UpstreamConfig {
     /// `/readyz` does not probe this upstream when true.
     #[serde(default)]
     pub skip_readiness_check: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    #[default]
+    Openai,
+    Local,
 }
 
 fn default_total_timeout_ms() -> u64 {
@@ -334,6 +355,30 @@ impl Config {
                 return Err(config_err(f, "must be above 0"));
             }
         }
+        self.llm.validate()?;
+        self.rewriter.validate()?;
+        self.enforce.validate()?;
+        if let RewriterBackend::Remote = self.rewriter.backend {
+            match self
+                .upstreams
+                .iter()
+                .find(|u| Some(&u.name) == self.rewriter.upstream.as_ref())
+            {
+                Some(u) if u.kind == UpstreamKind::Openai => {}
+                Some(_) => {
+                    return Err(config_err(
+                        "rewriter.upstream",
+                        "a remote rewriter names an openai-kind upstream",
+                    ));
+                }
+                None => {
+                    return Err(config_err(
+                        "rewriter.upstream",
+                        "a remote rewriter names one of the [[upstreams]]",
+                    ));
+                }
+            }
+        }
         if self.profiles.history_limit == 0 {
             return Err(config_err("profiles.history_limit", "must be above 0"));
         }
@@ -355,10 +400,23 @@ impl Config {
                     format!("duplicate upstream {:?}", u.name),
                 ));
             }
-            let url = reqwest::Url::parse(&u.base_url)
-                .map_err(|e| config_err(at("base_url"), format!("{:?}: {e}", u.base_url)))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(config_err(at("base_url"), "must be an http or https URL"));
+            match u.kind {
+                UpstreamKind::Openai => {
+                    let url = reqwest::Url::parse(&u.base_url).map_err(|e| {
+                        config_err(at("base_url"), format!("{:?}: {e}", u.base_url))
+                    })?;
+                    if !matches!(url.scheme(), "http" | "https") {
+                        return Err(config_err(at("base_url"), "must be an http or https URL"));
+                    }
+                }
+                UpstreamKind::Local => {
+                    if !self.llm.enabled {
+                        return Err(config_err(
+                            at("kind"),
+                            "a local upstream needs the local model ([llm] enabled = true)",
+                        ));
+                    }
+                }
             }
             for (f, v) in [
                 ("total_timeout_ms", u.total_timeout_ms),

@@ -5,10 +5,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod config_models;
 pub mod detector;
+pub mod enforce;
 pub mod error;
 pub mod metrics;
 pub mod models;
+pub mod rewriter;
+pub mod score;
 pub mod server;
 pub mod stage;
 pub mod store;

@@ -1,6 +1,6 @@
 //! The seam between "the upstream answered" and "the client receives": a [`ResponseStage`]
 //! sees every JSON answer and every stream before the client does. Value enforcement plugs in
-//! here; until then [`PassThrough`] forwards answers unchanged.
+//! here (`enforce::EnforceStage`).
 
 use std::sync::Arc;
 
@@ -19,6 +19,8 @@ pub struct StageContext {
     pub request_id: String,
     /// The client's request body as sent upstream (after alias mapping).
     pub request: Arc<serde_json::Value>,
+    /// The client asked for the `visa` report (`x-visa-metadata: true`).
+    pub metadata: bool,
 }
 
 /// A stream as a stage receives and returns it: the first event plus the rest.
@@ -50,30 +52,4 @@ pub trait ResponseStage: Send + Sync + 'static {
         ctx: StageContext,
         stream: StageStream,
     ) -> BoxFuture<'static, Result<StageStream, ApiError>>;
-}
-
-/// Forwards everything unchanged.
-pub struct PassThrough;
-
-impl ResponseStage for PassThrough {
-    fn json(
-        &self,
-        _ctx: StageContext,
-        body: Bytes,
-    ) -> BoxFuture<'static, Result<StageJson, ApiError>> {
-        Box::pin(async move {
-            Ok(StageJson {
-                body,
-                headers: HeaderMap::new(),
-            })
-        })
-    }
-
-    fn stream(
-        &self,
-        _ctx: StageContext,
-        stream: StageStream,
-    ) -> BoxFuture<'static, Result<StageStream, ApiError>> {
-        Box::pin(async move { Ok(stream) })
-    }
 }

@@ -31,6 +31,9 @@ format = "json"
 [models]
 enabled = false
 
+[llm]
+enabled = false
+
 [[upstreams]]
 name = "mock"
 base_url = "{base}"

@@ -17,6 +17,8 @@ const ADMIN: &str = "admin-secret";
 fn config(mock: &MockUpstream, extra: &str) -> String {
     format!(
         r#"
+[llm]
+enabled = false
 {extra}
 
 [[upstreams]]

@@ -2,6 +2,7 @@
 //! the translator and semantic similarity.
 
 pub mod encoder;
+pub mod llm;
 pub mod service;
 
 /// Where `scripts/fetch-models.sh` puts the encoder by default.

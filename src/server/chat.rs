@@ -107,7 +107,7 @@ fn check(body: &Map<String, Value>) -> Result<ChatFields, ApiError> {
     tag = "chat",
     request_body(content = crate::server::openapi::ChatCompletionRequest, description = "Any OpenAI chat-completions body. Fields the proxy does not read are forwarded unchanged."),
     responses(
-        (status = 200, description = "The upstream's answer: JSON, or with `stream: true` Server-Sent Events (`data: {chunk}` lines ending with `data: [DONE]`; a stream that breaks ends with a `data: {\"error\":...}` event).",
+        (status = 200, description = "The upstream's answer after the tenant's value profile was enforced: JSON, or with `stream: true` Server-Sent Events (`data: {chunk}` lines ending with `data: [DONE]`; a stream that breaks ends with a `data: {\"error\":...}` event). With a profile: header `x-visa-action` (`passed`, `rewritten`, `fallback`, `blocked`; on window-mode streams only in the report), `x-visa-profile-version`, on streams `x-visa-stream-mode`; a blocked choice has `finish_reason: content_filter` and a `refusal`. Request header `x-visa-metadata: true` adds a `visa` report (a trailing chunk with empty `choices` on streams).",
             content(
                 (crate::server::openapi::ChatCompletion = "application/json"),
                 (String = "text/event-stream", example = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n"),
@@ -116,7 +116,8 @@ fn check(body: &Map<String, Value>) -> Result<ChatFields, ApiError> {
         (status = 401, description = "No API key, or one no tenant owns", body = crate::server::openapi::ErrorResponse, example = json!({"error":{"message":"Incorrect API key provided.","type":"authentication_error","param":null,"code":"invalid_api_key"}})),
         (status = 413, description = "Body over server.max_body_bytes", body = crate::server::openapi::ErrorResponse),
         (status = 422, description = "A field of the wrong type", body = crate::server::openapi::ErrorResponse, example = json!({"error":{"message":"'stream' must be a boolean, not a string","type":"invalid_request_error","param":"stream","code":"invalid_type"}})),
-        (status = 429, description = "A tenant limit or the proxy's concurrency limit; see retry-after", body = crate::server::openapi::ErrorResponse, example = json!({"error":{"message":"tenant acme is over its limit of 60 requests per minute","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}})),
+        (status = 503, description = "The tenant's profile needs the value models, which are disabled", body = crate::server::openapi::ErrorResponse),
+        (status = 429, description = "A tenant limit, the proxy's concurrency limit, or a busy local model or encoder; see retry-after", body = crate::server::openapi::ErrorResponse, example = json!({"error":{"message":"tenant acme is over its limit of 60 requests per minute","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}})),
         (status = 502, description = "Upstream unreachable or answered garbage (an upstream's own OpenAI-shaped error is passed through with its status)", body = crate::server::openapi::ErrorResponse),
         (status = 504, description = "Upstream too slow (total or first-byte timeout)", body = crate::server::openapi::ErrorResponse),
     ),
@@ -127,6 +128,7 @@ pub async fn chat_completions(
     Extension(tenant): Extension<Arc<Tenant>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
     Extension(timer): Extension<UpstreamTimer>,
+    client_headers: HeaderMap,
     JsonBody(mut body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, UpstreamError> {
     let fields = check(&body)?;
@@ -148,6 +150,10 @@ pub async fn chat_completions(
         tenant,
         request_id,
         request: Arc::new(request),
+        metadata: client_headers
+            .get(crate::enforce::METADATA_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1"),
     };
     let upstream_name = HeaderValue::from_str(route.upstream.name()).ok();
 

@@ -25,7 +25,7 @@ pub async fn healthz() -> Json<Value> {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let checks =
         futures_util::future::join_all(state.upstreams.all().into_iter().map(|u| async move {
-            let outcome = if u.config.skip_readiness_check {
+            let outcome = if u.config().skip_readiness_check {
                 Ok("skipped".to_owned())
             } else {
                 u.probe().await.map(|()| "ok".to_owned())

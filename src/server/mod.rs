@@ -9,6 +9,7 @@ pub mod models;
 pub mod observe;
 pub mod openapi;
 pub mod profiles;
+pub mod rewrite;
 pub mod routes;
 pub mod values;
 
@@ -22,12 +23,17 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::config::RewriterBackend;
 use crate::detector::{Detector, Head, ValueDetector};
+use crate::enforce::{EnforceStage, Enforcer};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
 use crate::models::encoder::{EncoderFiles, SentenceEncoder};
+use crate::models::llm::LlmEngine;
 use crate::models::service::EncoderService;
-use crate::stage::{PassThrough, ResponseStage};
+use crate::rewriter::{RewriteBackend, Rewriter};
+use crate::score::Scorer;
+use crate::stage::ResponseStage;
 use crate::store::Profiles;
 use crate::store::sqlite::SqliteStore;
 use crate::tenants::TenantRegistry;
@@ -50,11 +56,19 @@ pub struct AppState {
     pub profiles: Arc<Profiles>,
     /// The value models; `None` when `models.enabled = false`.
     pub models: Option<Arc<ValueModels>>,
+    /// The local language model; `None` when `llm.enabled = false`.
+    pub llm: Option<Arc<LlmEngine>>,
+    /// Enforcement (profiles, scorer, rewriter); also the response stage.
+    pub enforcer: Arc<Enforcer>,
 }
 
 /// The encoder service and what is built on it.
 pub struct ValueModels {
+    /// The encoder with the detector's fine-tuned top layers (values).
     pub encoder: Arc<EncoderService>,
+    /// The base encoder, for semantic similarity: the fine-tuned layers were trained to tell
+    /// values apart, which is what a similarity between a text and its rewrite must ignore.
+    pub semantic: Arc<EncoderService>,
     pub detector: Arc<dyn ValueDetector>,
     pub translator: Translator,
 }
@@ -73,6 +87,7 @@ impl ValueModels {
         // The head's fine-tuned encoder layers, when it has them (HEAD.encoder.safetensors).
         let delta = crate::detector::train::delta_path(head_path);
         let delta = delta.exists().then_some(delta);
+        let semantic_files = files.clone();
         let encoder = tokio::task::spawn_blocking(move || {
             SentenceEncoder::load_with_delta(
                 &files,
@@ -92,6 +107,17 @@ impl ValueModels {
             encoder,
             config.encoder_queue,
             config.encoder_max_batch,
+            stats.clone(),
+        )?);
+        let base = tokio::task::spawn_blocking(move || {
+            SentenceEncoder::load(&semantic_files, crate::detector::train::MAX_TOKENS)
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("models.encoder_dir: {e}"))?;
+        let semantic = Arc::new(EncoderService::start(
+            base,
+            config.encoder_queue,
+            config.encoder_max_batch,
             stats,
         )?);
         let translator = Translator::new(encoder.clone())
@@ -103,6 +129,7 @@ impl ValueModels {
                 head,
             }),
             encoder,
+            semantic,
             translator,
         })
     }
@@ -113,7 +140,14 @@ impl AppState {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let tenants = TenantRegistry::from_config(&config)?;
-        let upstreams = Upstreams::from_config(&config, metrics.clone())?;
+        let llm = if config.llm.enabled {
+            Some(Arc::new(
+                LlmEngine::load(&config.llm, metrics.llm.clone()).await?,
+            ))
+        } else {
+            None
+        };
+        let upstreams = Upstreams::from_config(&config, metrics.clone(), llm.clone())?;
         let admin_key_hash = config.admin_key.as_deref().map(crate::config::hash_key);
         let db = std::path::PathBuf::from(&config.profiles.database);
         let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
@@ -128,15 +162,57 @@ impl AppState {
         } else {
             None
         };
+        let profiles = Arc::new(profiles);
+        let scorer = models.as_ref().map(|m| Scorer {
+            detector: m.detector.clone(),
+            encoder: m.semantic.clone(),
+            value_weight: config.rewriter.value_weight,
+        });
+        let backend = match config.rewriter.backend {
+            RewriterBackend::Local => llm.clone().map(RewriteBackend::Local),
+            RewriterBackend::Remote => config
+                .rewriter
+                .upstream
+                .as_deref()
+                .and_then(|n| upstreams.get(n))
+                .zip(config.rewriter.model.clone())
+                .map(|(upstream, model)| RewriteBackend::Remote { upstream, model }),
+        };
+        let rewriter = match (backend, scorer.clone()) {
+            (Some(backend), Some(scorer)) => {
+                tracing::info!(backend = %backend.name(), "rewriter ready");
+                Some(Arc::new(Rewriter {
+                    backend,
+                    scorer,
+                    config: config.rewriter.clone(),
+                }))
+            }
+            _ => {
+                tracing::warn!(
+                    "no rewriter: it needs the value models and the local model (or a remote \
+                     backend); profiles with action \"rewrite\" will answer 503"
+                );
+                None
+            }
+        };
+        let enforcer = Arc::new(Enforcer {
+            profiles: profiles.clone(),
+            scorer,
+            rewriter,
+            config: config.enforce.clone(),
+            metrics: metrics.clone(),
+        });
         Ok(Self {
-            profiles: Arc::new(profiles),
+            stage: Arc::new(EnforceStage(enforcer.clone())),
+            enforcer,
+            llm,
+            profiles,
             models,
             admission: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
             config: Arc::new(config),
             tenants: Arc::new(tenants),
             upstreams: Arc::new(upstreams),
             metrics,
-            stage: Arc::new(PassThrough),
             admin_key_hash,
         })
     }

@@ -35,7 +35,7 @@ pub async fn list_models(
     let mut models: BTreeMap<String, Value> = BTreeMap::new();
     let mut aliases = Vec::new();
     for up in &upstreams {
-        for alias in up.config.models.keys() {
+        for alias in up.config().models.keys() {
             aliases
                 .push(json!({"id": alias, "object": "model", "created": 0, "owned_by": up.name()}));
         }
@@ -43,7 +43,7 @@ pub async fn list_models(
     let listed = futures_util::future::join_all(
         upstreams
             .iter()
-            .filter(|u| u.config.list_models)
+            .filter(|u| u.config().list_models)
             .map(|u| async move { (u.name().to_owned(), u.list_models().await) }),
     )
     .await;

@@ -123,6 +123,7 @@ impl Modify for SecuritySchemes {
         crate::server::profiles::tenant_put,
         crate::server::profiles::list_values,
         crate::server::values::detect,
+        crate::server::rewrite::rewrite,
         crate::server::values::translate,
         crate::server::health::healthz,
         crate::server::health::readyz,

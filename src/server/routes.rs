@@ -8,7 +8,9 @@ use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::services::ServeDir;
 
-use super::{AppState, admin, auth, chat, health, models, observe, openapi, profiles, values};
+use super::{
+    AppState, admin, auth, chat, health, models, observe, openapi, profiles, rewrite, values,
+};
 use crate::error::{ApiError, ErrorKind};
 
 pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
@@ -19,6 +21,7 @@ pub const TENANT_PROFILE_HISTORY: &str = "/v1/tenants/{tenant_id}/profile/histor
 pub const OWN_PROFILE: &str = "/v1/profile";
 pub const VALUES: &str = "/v1/values";
 pub const VALUES_DETECT: &str = "/v1/values/detect";
+pub const VALUES_REWRITE: &str = "/v1/values/rewrite";
 pub const PROFILES_TRANSLATE: &str = "/v1/profiles/translate";
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
@@ -39,6 +42,7 @@ pub fn router(state: AppState) -> Router {
     let shared_routes = Router::new()
         .route(VALUES, get(profiles::list_values))
         .route(VALUES_DETECT, post(values::detect))
+        .route(VALUES_REWRITE, post(rewrite::rewrite))
         .route(PROFILES_TRANSLATE, post(values::translate))
         .route_layer(from_fn_with_state(state.clone(), auth::any_auth));
     // Management routes: the admin key.

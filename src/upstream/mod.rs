@@ -3,6 +3,7 @@
 
 pub mod headers;
 pub mod http;
+pub mod local;
 pub mod sse;
 
 use std::collections::HashMap;
@@ -13,11 +14,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use crate::config::Config;
+use crate::config::{Config, UpstreamConfig, UpstreamKind};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
+use crate::models::llm::LlmEngine;
 use crate::tenants::Tenant;
 pub use http::{ChatCall, HttpUpstream, UpstreamTimer};
+pub use local::LocalUpstream;
 use sse::{EventStream, StreamEvent};
 
 /// A complete JSON answer (success statuses only).
@@ -71,21 +74,76 @@ impl IntoResponse for UpstreamError {
     }
 }
 
+/// One upstream: an OpenAI-compatible HTTP API or the local model.
+pub enum Upstream {
+    Http(Box<HttpUpstream>),
+    Local(LocalUpstream),
+}
+
+impl Upstream {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Http(u) => u.name(),
+            Self::Local(u) => u.name(),
+        }
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        match self {
+            Self::Http(u) => &u.config,
+            Self::Local(u) => &u.config,
+        }
+    }
+
+    pub async fn chat_json(&self, call: ChatCall) -> Result<JsonReply, UpstreamError> {
+        match self {
+            Self::Http(u) => u.chat_json(call).await,
+            Self::Local(u) => u.chat_json(call).await,
+        }
+    }
+
+    pub async fn chat_stream(&self, call: ChatCall) -> Result<StreamReply, UpstreamError> {
+        match self {
+            Self::Http(u) => u.chat_stream(call).await,
+            Self::Local(u) => u.chat_stream(call).await,
+        }
+    }
+
+    pub async fn list_models(&self) -> Result<Vec<serde_json::Value>, String> {
+        match self {
+            Self::Http(u) => u.list_models().await,
+            Self::Local(u) => Ok(u.list_models()),
+        }
+    }
+
+    /// Reachability for `/readyz` (the local model is loaded before the server starts).
+    pub async fn probe(&self) -> Result<(), String> {
+        match self {
+            Self::Http(u) => u.probe().await,
+            Self::Local(_) => Ok(()),
+        }
+    }
+}
+
 /// Where one request goes.
 pub struct Route {
-    pub upstream: Arc<HttpUpstream>,
+    pub upstream: Arc<Upstream>,
     /// The model name to send, when an alias mapped it.
     pub model: Option<String>,
 }
 
 /// All configured upstreams, sharing one pooled HTTP client.
 pub struct Upstreams {
-    by_name: HashMap<String, Arc<HttpUpstream>>,
+    by_name: HashMap<String, Arc<Upstream>>,
     order: Vec<String>,
 }
 
 impl Upstreams {
-    pub fn from_config(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn from_config(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        llm: Option<Arc<LlmEngine>>,
+    ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(
                 config.server.upstream_connect_timeout_ms,
@@ -100,6 +158,17 @@ impl Upstreams {
         let mut by_name = HashMap::new();
         let mut order = Vec::new();
         for (i, u) in config.upstreams.iter().enumerate() {
+            if u.kind == UpstreamKind::Local {
+                let engine = llm.clone().ok_or_else(|| {
+                    anyhow::anyhow!("upstreams[{i}]: a local upstream needs [llm] enabled")
+                })?;
+                order.push(u.name.clone());
+                by_name.insert(
+                    u.name.clone(),
+                    Arc::new(Upstream::Local(LocalUpstream::new(u.clone(), engine))),
+                );
+                continue;
+            }
             let key = match &u.api_key_env {
                 Some(var) => Some(std::env::var(var).map_err(|_| {
                     anyhow::anyhow!(
@@ -111,17 +180,17 @@ impl Upstreams {
             let up = HttpUpstream::new(u.clone(), key, client.clone(), metrics.clone())
                 .map_err(|m| anyhow::anyhow!("upstreams[{i}]: {m}"))?;
             order.push(u.name.clone());
-            by_name.insert(u.name.clone(), Arc::new(up));
+            by_name.insert(u.name.clone(), Arc::new(Upstream::Http(Box::new(up))));
         }
         Ok(Self { by_name, order })
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<HttpUpstream>> {
+    pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
         self.by_name.get(name).cloned()
     }
 
     /// Every upstream in configuration order.
-    pub fn all(&self) -> Vec<Arc<HttpUpstream>> {
+    pub fn all(&self) -> Vec<Arc<Upstream>> {
         self.order.iter().filter_map(|n| self.get(n)).collect()
     }
 
@@ -130,7 +199,7 @@ impl Upstreams {
     pub fn route(&self, tenant: &Tenant, model: &str) -> Result<Route, ApiError> {
         for name in &tenant.upstreams {
             if let Some(up) = self.by_name.get(name)
-                && let Some(mapped) = up.config.models.get(model)
+                && let Some(mapped) = up.config().models.get(model)
             {
                 return Ok(Route {
                     upstream: up.clone(),

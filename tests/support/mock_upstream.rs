@@ -2,7 +2,8 @@
 //! local demos. What it does is chosen per request by a `mock` object in the request body, which
 //! the proxy forwards unchanged like any field it does not read:
 //!
-//! - `{"mode":"json"}` (default): a chat completion whose content echoes the last user message.
+//! - `{"mode":"json"}` (default): a chat completion whose content echoes the last user message
+//!   (or is `content` when given), `n` choices when `n` is set.
 //! - `{"mode":"tool_call"}`: a completion holding a tool call.
 //! - streams (`"stream": true`): `chunks` (default ["Hello", " from", " the", " mock."]),
 //!   `delay_ms` between chunks, a usage chunk when `stream_options.include_usage` is set.
@@ -303,7 +304,10 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
     }
 
     if !stream {
-        let content = format!("echo: {}", last_user_text(&body));
+        let content = mock["content"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("echo: {}", last_user_text(&body)));
         return (headers, axum::Json(completion(&body, &content))).into_response();
     }
 

@@ -50,7 +50,7 @@ impl Proxy {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let line = rx.recv_timeout(Duration::from_secs(90)).unwrap_or_default();
         match line.trim().strip_prefix("visa-proxy listening on ") {
             Some(base) => Ok(Self {
                 child,

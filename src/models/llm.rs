@@ -1,0 +1,378 @@
+//! The local language model. mistral.rs loads a GGUF file and runs it on its own engine thread
+//! (batching sequences together); this wrapper admits requests through a bounded gate (429 when
+//! full, never an unbounded queue), streams text deltas back over a channel, and cancels the
+//! sequence when the receiver is dropped.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mistralrs::{
+    GgufModelBuilder, Model, RequestBuilder, Response, SamplingParams, StopTokens, TextMessageRole,
+};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::config::LlmConfig;
+use crate::error::{ApiError, ErrorKind};
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// Sampling settings of one request.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+}
+
+/// What a generation streams back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenEvent {
+    /// New text.
+    Delta(String),
+    /// The end: OpenAI's finish reason (`stop`, `length`, ...) and token counts.
+    Done {
+        finish_reason: String,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+}
+
+/// A running generation. Dropping it cancels the sequence in the engine.
+pub struct Generation {
+    rx: mpsc::Receiver<Result<GenEvent, ApiError>>,
+}
+
+impl Generation {
+    pub async fn next(&mut self) -> Option<Result<GenEvent, ApiError>> {
+        self.rx.recv().await
+    }
+
+    /// Read to the end: the whole text, the finish reason and token counts.
+    pub async fn collect(mut self) -> Result<Completion, ApiError> {
+        let mut text = String::new();
+        while let Some(ev) = self.next().await {
+            match ev? {
+                GenEvent::Delta(d) => text.push_str(&d),
+                GenEvent::Done {
+                    finish_reason,
+                    prompt_tokens,
+                    completion_tokens,
+                } => {
+                    return Ok(Completion {
+                        text,
+                        finish_reason,
+                        prompt_tokens,
+                        completion_tokens,
+                    });
+                }
+            }
+        }
+        Err(ApiError::internal(
+            "the local model stopped without finishing the answer",
+        ))
+    }
+}
+
+impl futures_util::Stream for Generation {
+    type Item = Result<GenEvent, ApiError>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub finish_reason: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// Counters for `/metrics` and benchmarks.
+#[derive(Default, Clone)]
+pub struct LlmStats {
+    pub requests: Counter,
+    pub rejected_full: Counter,
+    pub cancelled: Counter,
+    pub prompt_tokens: Counter,
+    pub completion_tokens: Counter,
+}
+
+pub struct LlmEngine {
+    model: Arc<Model>,
+    gate: Arc<Semaphore>,
+    capacity: usize,
+    pub served_name: String,
+    pub defaults: Sampling,
+    max_prompt_chars: usize,
+    pub stats: Arc<LlmStats>,
+}
+
+impl LlmEngine {
+    /// Load the model named by the config and start mistral.rs' engine thread.
+    pub async fn load(config: &LlmConfig, stats: LlmStats) -> anyhow::Result<Self> {
+        let mut builder = match (&config.hf_model_id, &config.hf_file) {
+            (Some(id), Some(file)) => GgufModelBuilder::new(id, vec![file]),
+            _ => {
+                let path = Path::new(&config.model);
+                anyhow::ensure!(
+                    path.is_file(),
+                    "llm.model: {} does not exist (scripts/fetch-models.sh fetches the default)",
+                    path.display()
+                );
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let file = path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                GgufModelBuilder::new(dir.to_string_lossy(), vec![file])
+            }
+        };
+        builder = builder.with_max_num_seqs(config.max_num_seqs);
+        if let Some(t) = &config.chat_template {
+            builder = builder.with_chat_template(t);
+        }
+        let started = Instant::now();
+        let model = builder
+            .build()
+            .await
+            .map_err(|e| anyhow::anyhow!("llm.model: mistral.rs could not load it: {e}"))?;
+        tracing::info!(
+            model = %config.model,
+            ms = started.elapsed().as_millis() as u64,
+            "local language model loaded"
+        );
+        Ok(Self {
+            model: Arc::new(model),
+            gate: Arc::new(Semaphore::new(config.max_queue)),
+            capacity: config.max_queue,
+            served_name: config.served_name.clone(),
+            defaults: Sampling {
+                temperature: config.temperature,
+                top_p: config.top_p,
+                max_tokens: config.max_tokens,
+                stop: Vec::new(),
+            },
+            max_prompt_chars: config.max_prompt_chars,
+            stats: Arc::new(stats),
+        })
+    }
+
+    /// Requests admitted now (running or waiting in the engine).
+    pub fn in_flight(&self) -> usize {
+        self.capacity.saturating_sub(self.gate.available_permits())
+    }
+
+    /// Start a generation. Fails at once with 429 when `max_queue` requests are in flight.
+    pub fn generate(
+        &self,
+        messages: Vec<ChatMessage>,
+        sampling: Sampling,
+    ) -> Result<Generation, ApiError> {
+        let chars: usize = messages.iter().map(|m| m.content.len()).sum();
+        if chars > self.max_prompt_chars {
+            return Err(ApiError::invalid_request(format!(
+                "the prompt has {chars} characters; the local model accepts at most {}",
+                self.max_prompt_chars
+            ))
+            .with_param("messages"));
+        }
+        let permit = self.gate.clone().try_acquire_owned().map_err(|_| {
+            self.stats.rejected_full.inc();
+            ApiError::new(
+                ErrorKind::Overloaded,
+                "the local model is busy (llm.max_queue requests in flight); retry shortly",
+            )
+        })?;
+        self.stats.requests.inc();
+        let request = build_request(messages, &sampling);
+        let (tx, rx) = mpsc::channel(64);
+        let model = self.model.clone();
+        let stats = self.stats.clone();
+        tokio::spawn(forward(model, request, tx, permit, stats));
+        Ok(Generation { rx })
+    }
+
+    /// Generate and wait for the whole text.
+    pub async fn complete(
+        &self,
+        messages: Vec<ChatMessage>,
+        sampling: Sampling,
+    ) -> Result<Completion, ApiError> {
+        self.generate(messages, sampling)?.collect().await
+    }
+}
+
+fn build_request(messages: Vec<ChatMessage>, s: &Sampling) -> RequestBuilder {
+    let mut rb = RequestBuilder::new();
+    for m in messages {
+        let role = match m.role {
+            Role::System => TextMessageRole::System,
+            Role::User => TextMessageRole::User,
+            Role::Assistant => TextMessageRole::Assistant,
+        };
+        rb = rb.add_message(role, m.content);
+    }
+    let mut params = SamplingParams::neutral();
+    if s.temperature <= 0.0 {
+        params.top_k = Some(1);
+    } else {
+        params.temperature = Some(s.temperature);
+        params.top_p = Some(s.top_p);
+    }
+    params.max_len = Some(s.max_tokens);
+    if !s.stop.is_empty() {
+        params.stop_toks = Some(StopTokens::Seqs(s.stop.clone()));
+    }
+    rb.set_sampling(params)
+}
+
+/// Runs on the tokio runtime but only awaits: the engine thread does the model work.
+async fn forward(
+    model: Arc<Model>,
+    request: RequestBuilder,
+    tx: mpsc::Sender<Result<GenEvent, ApiError>>,
+    _permit: OwnedSemaphorePermit,
+    stats: Arc<LlmStats>,
+) {
+    let mut stream = match model.stream_chat_request(request).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx
+                .send(Err(ApiError::internal(format!(
+                    "the local model refused the request: {e}"
+                ))))
+                .await;
+            return;
+        }
+    };
+    loop {
+        let response = tokio::select! {
+            () = tx.closed() => {
+                // The reader is gone: dropping the stream makes the engine cancel the
+                // sequence at its next token.
+                stats.cancelled.inc();
+                return;
+            }
+            r = stream.next() => r,
+        };
+        let Some(response) = response else {
+            let _ = tx
+                .send(Err(ApiError::internal(
+                    "the local model's engine closed the stream early",
+                )))
+                .await;
+            return;
+        };
+        let event = match response {
+            Response::Chunk(chunk) => {
+                let mut text = String::new();
+                let mut finish = None;
+                for choice in chunk.choices {
+                    if let Some(t) = choice.delta.content {
+                        text.push_str(&t);
+                    }
+                    if choice.finish_reason.is_some() {
+                        finish = choice.finish_reason;
+                    }
+                }
+                if !text.is_empty() && tx.send(Ok(GenEvent::Delta(text))).await.is_err() {
+                    stats.cancelled.inc();
+                    return;
+                }
+                match finish {
+                    Some(reason) => {
+                        let (p, c) = chunk
+                            .usage
+                            .map(|u| (u.prompt_tokens, u.completion_tokens))
+                            .unwrap_or((0, 0));
+                        stats.prompt_tokens.inc_by(p as u64);
+                        stats.completion_tokens.inc_by(c as u64);
+                        Ok(GenEvent::Done {
+                            finish_reason: openai_finish_reason(&reason),
+                            prompt_tokens: p,
+                            completion_tokens: c,
+                        })
+                    }
+                    None => continue,
+                }
+            }
+            Response::Done(done) => {
+                let text: String = done
+                    .choices
+                    .iter()
+                    .filter_map(|c| c.message.content.clone())
+                    .collect();
+                if !text.is_empty() && tx.send(Ok(GenEvent::Delta(text))).await.is_err() {
+                    return;
+                }
+                let reason = done
+                    .choices
+                    .first()
+                    .map(|c| openai_finish_reason(&c.finish_reason))
+                    .unwrap_or_else(|| "stop".into());
+                Ok(GenEvent::Done {
+                    finish_reason: reason,
+                    prompt_tokens: done.usage.prompt_tokens,
+                    completion_tokens: done.usage.completion_tokens,
+                })
+            }
+            Response::ValidationError(e) => Err(ApiError::invalid_request(format!(
+                "the local model rejected the request: {e}"
+            ))),
+            Response::InternalError(e) => {
+                Err(ApiError::internal(format!("the local model failed: {e}")))
+            }
+            Response::ModelError(e, _) => {
+                Err(ApiError::internal(format!("the local model failed: {e}")))
+            }
+            _ => Err(ApiError::internal(
+                "the local model answered with an unexpected response kind",
+            )),
+        };
+        let _ = tx.send(event).await;
+        return;
+    }
+}
+
+/// mistral.rs' stop reasons as OpenAI names them.
+fn openai_finish_reason(reason: &str) -> String {
+    match reason {
+        "length" | "model_length" => "length".into(),
+        "canceled" => "stop".into(),
+        "tool_calls" => "tool_calls".into(),
+        _ => "stop".into(),
+    }
+}

@@ -1,0 +1,190 @@
+//! The composite reward of the VISA method, in one place: value precision (the detected vector
+//! against the profile's targets) and semantic integrity (encoder similarity to the original and
+//! fact preservation). Candidate choice, the shield, GRPO training and evaluation all call this,
+//! so serving and training can never disagree about what a good rewrite is.
+
+pub mod facts;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::detector::ValueDetector;
+use crate::error::ApiError;
+use crate::models::service::EncoderService;
+use crate::values::ValueVector;
+use crate::values::profile::Profile;
+pub use facts::FactCheck;
+
+/// How far a vector is from a profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValueFit {
+    pub values: ValueVector,
+    /// Weighted L2 over the constrained values ([`Profile::distance`]).
+    pub distance: f32,
+    pub cosine: f32,
+    /// 1 - distance / the largest distance possible for this profile; in [0, 1].
+    pub precision: f32,
+    pub within_tolerance: bool,
+}
+
+impl ValueFit {
+    pub fn of(profile: &Profile, values: ValueVector) -> Self {
+        let distance = profile.distance(&values);
+        let worst = profile
+            .values
+            .values()
+            .map(|t| t.weight * t.target.max(1.0 - t.target).powi(2))
+            .sum::<f32>()
+            .sqrt();
+        let precision = if worst > 0.0 {
+            (1.0 - distance / worst).clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        Self {
+            cosine: profile.cosine(&values),
+            within_tolerance: profile.within_tolerance(&values),
+            values,
+            distance,
+            precision,
+        }
+    }
+}
+
+/// One candidate's scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct CandidateScore {
+    pub fit: ValueFit,
+    /// Cosine similarity of the sentence embeddings of original and candidate.
+    pub similarity: f32,
+    pub facts: FactCheck,
+    /// similarity x share of facts kept.
+    pub integrity: f32,
+    /// value_weight x (precision + cosine) / 2 + (1 - value_weight) x integrity.
+    pub reward: f32,
+}
+
+/// Scores of an original and its candidates, and what it cost.
+pub struct Scored {
+    pub original: ValueFit,
+    pub candidates: Vec<CandidateScore>,
+    pub detect: Duration,
+    pub embed: Duration,
+}
+
+/// The scorer: the detector for values, the encoder for similarity.
+#[derive(Clone)]
+pub struct Scorer {
+    pub detector: Arc<dyn ValueDetector>,
+    pub encoder: Arc<EncoderService>,
+    /// Weight of value precision in the reward; the rest is semantic integrity.
+    pub value_weight: f32,
+}
+
+/// The reward from its parts.
+pub fn reward(value_weight: f32, fit: &ValueFit, integrity: f32) -> f32 {
+    value_weight * (fit.precision + fit.cosine.max(0.0)) / 2.0 + (1.0 - value_weight) * integrity
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    // The encoder's vectors are L2-normalised.
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+impl Scorer {
+    /// Detected values of each text, fitted to the profile.
+    pub async fn fit(
+        &self,
+        profile: &Profile,
+        texts: &[String],
+    ) -> Result<(Vec<ValueFit>, Duration), ApiError> {
+        let started = Instant::now();
+        let (detections, _) = self.detector.detect(texts).await?;
+        Ok((
+            detections
+                .into_iter()
+                .map(|d| ValueFit::of(profile, d.values))
+                .collect(),
+            started.elapsed(),
+        ))
+    }
+
+    /// Score an original and candidate rewrites of it against a profile.
+    pub async fn score(
+        &self,
+        profile: &Profile,
+        original: &str,
+        candidates: &[String],
+    ) -> Result<Scored, ApiError> {
+        let mut texts = Vec::with_capacity(candidates.len() + 1);
+        texts.push(original.to_owned());
+        texts.extend(candidates.iter().cloned());
+        let embed_started = Instant::now();
+        let (fits, embedded) = tokio::try_join!(self.fit(profile, &texts), async {
+            if candidates.is_empty() {
+                return Ok(None);
+            }
+            self.encoder.embed(texts.clone()).await.map(Some)
+        })?;
+        let embed = embed_started.elapsed();
+        let (mut fits, detect) = fits;
+        let original_fit = fits.remove(0);
+        let vectors = embedded.map(|e| e.vectors).unwrap_or_default();
+        let scores = fits
+            .into_iter()
+            .zip(candidates)
+            .enumerate()
+            .map(|(i, (fit, cand))| {
+                let similarity = match (vectors.first(), vectors.get(i + 1)) {
+                    (Some(a), Some(b)) => cosine(a, b).clamp(0.0, 1.0),
+                    _ => 0.0,
+                };
+                let facts = facts::check(original, cand);
+                let integrity = similarity * facts.fraction();
+                CandidateScore {
+                    reward: reward(self.value_weight, &fit, integrity),
+                    fit,
+                    similarity,
+                    facts,
+                    integrity,
+                }
+            })
+            .collect();
+        Ok(Scored {
+            original: original_fit,
+            candidates: scores,
+            detect,
+            embed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::values::ValueId;
+    use serde_json::json;
+
+    #[test]
+    fn precision_and_reward_follow_the_distance() {
+        let spec = crate::values::profile::ProfileSpec::from_json(&json!({
+            "values": {"benevolence": {"target": 0.9, "tolerance": 0.1}},
+            "action": "rewrite"
+        }))
+        .unwrap();
+        let p = Profile::from_spec(spec, 1, 0);
+        let mut v = ValueVector::default();
+        v.set(ValueId::Benevolence, 0.1);
+        let far = ValueFit::of(&p, v);
+        v.set(ValueId::Benevolence, 0.85);
+        let near = ValueFit::of(&p, v);
+        assert!((far.distance - 0.8).abs() < 1e-5);
+        assert!((far.precision - (1.0 - 0.8 / 0.9)).abs() < 1e-5);
+        assert!(near.within_tolerance && !far.within_tolerance);
+        assert!(near.precision > far.precision);
+        assert!(reward(0.5, &near, 0.9) > reward(0.5, &far, 0.9));
+        assert!(reward(0.5, &near, 0.9) > reward(0.5, &near, 0.2));
+    }
+}

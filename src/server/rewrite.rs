@@ -1,0 +1,162 @@
+//! `POST /v1/values/rewrite`: run the rewriter and the shield on one text against a profile
+//! (inline, a tenant's, or the caller's own) and show every candidate's scores.
+
+use std::time::Instant;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::Caller;
+use super::extract::JsonBody;
+use crate::enforce::{REFUSAL, VisaAction};
+use crate::error::{ApiError, ErrorKind};
+use crate::rewriter::Decision;
+use crate::values::profile::{Fallback, Profile, ProfileSpec};
+
+fn unprocessable(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::Unprocessable, message).with_param(param)
+}
+
+fn string_field(
+    body: &serde_json::Map<String, Value>,
+    f: &str,
+) -> Result<Option<String>, ApiError> {
+    match body.get(f) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(unprocessable(f, format!("'{f}' must be a string"))),
+    }
+}
+
+/// The profile the request names: inline, a tenant's (admin, or the caller itself), or the
+/// caller's own.
+fn profile_of(
+    state: &AppState,
+    caller: &Caller,
+    body: &serde_json::Map<String, Value>,
+) -> Result<std::sync::Arc<Profile>, ApiError> {
+    let tenant_id = string_field(body, "tenant_id")?;
+    match (body.get("profile"), tenant_id) {
+        (Some(_), Some(_)) => Err(ApiError::invalid_request(
+            "send 'profile' or 'tenant_id', not both",
+        )
+        .with_param("tenant_id")),
+        (Some(p), None) => {
+            let spec = ProfileSpec::from_json(p).map_err(|e| {
+                let param = if e.param == "profile" {
+                    e.param
+                } else {
+                    format!("profile.{}", e.param)
+                };
+                unprocessable(&param, e.message)
+            })?;
+            Ok(std::sync::Arc::new(Profile::from_spec(spec, 0, 0)))
+        }
+        (None, id) => {
+            let id = match (caller, id) {
+                (Caller::Admin, Some(id)) => id,
+                (Caller::Admin, None) => {
+                    return Err(unprocessable(
+                        "profile",
+                        "the admin key must send 'profile' or 'tenant_id'",
+                    ));
+                }
+                (Caller::Tenant(t), Some(id)) if id != t.id => {
+                    return Err(ApiError::new(
+                        ErrorKind::Forbidden,
+                        "a tenant key may only use its own profile",
+                    )
+                    .with_param("tenant_id"));
+                }
+                (Caller::Tenant(t), _) => t.id.clone(),
+            };
+            state.profiles.get(&id).ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::NotFound,
+                    format!("tenant {id:?} has no value profile"),
+                )
+                .with_param("tenant_id")
+            })
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/values/rewrite", tag = "values",
+    request_body(content = Object, description = "`text` (required), `context` (the request the text answers, optional), and the profile: `profile` (inline), `tenant_id` (admin; a tenant may name only itself), or neither (the calling tenant's own).",
+        example = json!({"text": "Buy the premium plan to show everyone you are ahead.", "profile": {"values": {"power": {"target": 0.1, "tolerance": 0.1}, "benevolence": {"target": 0.8}}, "action": "rewrite"}})),
+    responses(
+        (status = 200, description = "The decision (`passed`, `rewritten`, `fallback`, `blocked`: what the proxy would do), the text it would return, the original's scores, and every candidate with its scores (value fit, similarity, facts kept, integrity, reward) or why it was rejected", body = Object,
+            example = json!({"decision":"rewritten","text":"Choose the premium plan if it helps you care for the people around you.","reason":null,"original":{"values":{"power":0.71},"distance":0.83,"cosine":0.4,"precision":0.2,"within_tolerance":false},"candidates":[{"text":"...","score":{"fit":{"distance":0.35},"similarity":0.81,"facts":{"total":0,"kept":0,"missing":[]},"integrity":0.81,"reward":0.74}}],"best":0,"timing":{"generate_ms":2100.0,"score_ms":180.0,"total_ms":2400.0}})),
+        (status = 400, description = "Text over rewriter.max_text_chars (`text_too_long`), or both profile and tenant_id", body = crate::server::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown key", body = crate::server::openapi::ErrorResponse),
+        (status = 403, description = "A tenant naming another tenant", body = crate::server::openapi::ErrorResponse),
+        (status = 404, description = "The tenant has no profile", body = crate::server::openapi::ErrorResponse),
+        (status = 422, description = "Missing or empty text, a field of the wrong type, an invalid inline profile", body = crate::server::openapi::ErrorResponse),
+        (status = 429, description = "The encoder or the local model is busy", body = crate::server::openapi::ErrorResponse),
+        (status = 503, description = "No rewriter (value models or local model disabled)", body = crate::server::openapi::ErrorResponse),
+    ),
+    security(("bearer" = []), ("admin" = [])))]
+pub async fn rewrite(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let obj = body
+        .as_object()
+        .ok_or_else(|| unprocessable("text", "the body must be an object"))?;
+    for k in obj.keys() {
+        if !matches!(k.as_str(), "text" | "context" | "profile" | "tenant_id") {
+            return Err(unprocessable(
+                k,
+                format!("unknown field '{k}'; send text, context, profile or tenant_id"),
+            ));
+        }
+    }
+    let text = string_field(obj, "text")?
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| unprocessable("text", "'text' is required and must not be empty"))?;
+    let limit = state.config.rewriter.max_text_chars;
+    if text.chars().count() > limit {
+        return Err(
+            ApiError::invalid_request(format!("'text' is longer than {limit} characters"))
+                .with_param("text")
+                .with_code("text_too_long"),
+        );
+    }
+    let context = string_field(obj, "context")?;
+    let profile = profile_of(&state, &caller, obj)?;
+    let rewriter = state.enforcer.rewriter.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::Unavailable,
+            "no rewriter on this proxy (it needs the value models and a local or remote model)",
+        )
+    })?;
+    let result = rewriter
+        .rewrite(&profile, &text, context.as_deref())
+        .await?;
+    let (decision, out_text) = match (result.decision, profile.fallback) {
+        (Decision::Passed, _) => (VisaAction::Passed, Some(text.clone())),
+        (Decision::Rewritten, _) => (VisaAction::Rewritten, result.text.clone()),
+        (Decision::Failed, Fallback::Original) => (VisaAction::Fallback, Some(text.clone())),
+        (Decision::Failed, Fallback::Block) => (VisaAction::Blocked, None),
+    };
+    Ok(Json(json!({
+        "decision": decision,
+        "text": out_text,
+        "refusal": (decision == VisaAction::Blocked).then_some(REFUSAL),
+        "reason": result.reason,
+        "original": result.original,
+        "candidates": result.candidates,
+        "best": result.best,
+        "backend": rewriter.backend.name(),
+        "timing": {
+            "generate_ms": result.generate_ms,
+            "score_ms": result.score_ms,
+            "total_ms": (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
+        },
+    })))
+}
