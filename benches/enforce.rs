@@ -363,7 +363,7 @@ async fn main() {
     }
     let r = median(rw);
     println!(
-        "  rewrite (3 candidates): {r:.0} ms, added {:.0} ms (median of 3; decisions {actions:?})",
+        "  rewrite (default 2 candidates): {r:.0} ms, added {:.0} ms (median of 3; decisions {actions:?})",
         r - b
     );
 
