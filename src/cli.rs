@@ -43,6 +43,14 @@ pub enum Command {
         /// The key; read from standard input when omitted.
         key: Option<String>,
     },
+    /// Re-quantize a GGUF file's Q4_1 tensors to Q8_0 (candle has fast CPU kernels for Q8_0,
+    /// none for Q4_1).
+    ConvertGguf {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// Train the value detector's head on Touché23-ValueEval and write it with a JSON card.
@@ -148,6 +156,24 @@ pub fn run(cli: Cli) -> ExitCode {
             cache_dir: (cache != "none").then(|| PathBuf::from(cache)),
         })
         .map(|_| ()),
+        Command::ConvertGguf { input, output } => {
+            let started = std::time::Instant::now();
+            crate::models::gguf_convert::convert(
+                &input,
+                &output,
+                candle_core::quantized::GgmlDType::Q8_0,
+            )
+            .map(|c| {
+                println!(
+                    "{}: {} tensors, {} converted from Q4_1 to Q8_0, in {:.1} s",
+                    output.display(),
+                    c.tensors,
+                    c.converted,
+                    started.elapsed().as_secs_f64()
+                );
+            })
+            .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))
+        }
         Command::EvalTranslator { cases, encoder } => {
             crate::translator::eval::run(&cases, &encoder)
         }

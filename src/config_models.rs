@@ -19,6 +19,12 @@ pub struct LlmConfig {
     pub hf_file: Option<String>,
     /// A Jinja chat template file (or literal template) that overrides the GGUF's own.
     pub chat_template: Option<String>,
+    /// Load a Q8_0 copy of a local GGUF file's Q4_1 tensors (written once next to it): candle
+    /// has AVX2 kernels for Q8_0 and none for Q4_1 (see the README's benchmarks).
+    pub requantize_q4_1: bool,
+    /// Activation dtype: `f32` (default; fastest on CPU, where F16 is emulated), `f16`, `bf16`
+    /// (for GPU builds), or `auto` (mistral.rs' choice, F16 on CPU).
+    pub dtype: String,
     /// Model name the local upstream reports (and answers to in `GET /v1/models`).
     pub served_name: String,
     /// Requests admitted at once (running or waiting for the engine); beyond it: 429.
@@ -41,6 +47,8 @@ impl Default for LlmConfig {
             hf_model_id: None,
             hf_file: None,
             chat_template: None,
+            dtype: "f32".into(),
+            requantize_q4_1: true,
             served_name: "smollm2-135m-instruct".into(),
             max_queue: 32,
             max_num_seqs: 8,
@@ -68,6 +76,9 @@ impl LlmConfig {
                 return Err(config_err("llm.model", "must name a GGUF file"));
             }
             _ => {}
+        }
+        if !matches!(self.dtype.as_str(), "f32" | "f16" | "bf16" | "auto") {
+            return Err(config_err("llm.dtype", "must be f32, f16, bf16 or auto"));
         }
         for (f, v) in [
             ("llm.max_queue", self.max_queue),

@@ -7,8 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use mistralrs::core::{GGUFLoaderBuilder, GGUFSpecificConfig, MistralRsBuilder, TokenSource};
 use mistralrs::{
-    GgufModelBuilder, Model, RequestBuilder, Response, SamplingParams, StopTokens, TextMessageRole,
+    AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, Model, ModelDType,
+    RequestBuilder, Response, SamplingParams, SchedulerConfig, StopTokens, TextMessageRole,
 };
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -140,15 +142,22 @@ pub struct LlmEngine {
 impl LlmEngine {
     /// Load the model named by the config and start mistral.rs' engine thread.
     pub async fn load(config: &LlmConfig, stats: LlmStats) -> anyhow::Result<Self> {
-        let mut builder = match (&config.hf_model_id, &config.hf_file) {
-            (Some(id), Some(file)) => GgufModelBuilder::new(id, vec![file]),
+        let (model_id, file) = match (&config.hf_model_id, &config.hf_file) {
+            (Some(id), Some(file)) => (id.clone(), file.clone()),
             _ => {
-                let path = Path::new(&config.model);
+                let given = Path::new(&config.model);
                 anyhow::ensure!(
-                    path.is_file(),
+                    given.is_file(),
                     "llm.model: {} does not exist (scripts/fetch-models.sh fetches the default)",
-                    path.display()
+                    given.display()
                 );
+                let requantized;
+                let path = if config.requantize_q4_1 {
+                    requantized = requantize(given).await?;
+                    requantized.as_path()
+                } else {
+                    given
+                };
                 let dir = path
                     .parent()
                     .filter(|p| !p.as_os_str().is_empty())
@@ -157,16 +166,11 @@ impl LlmEngine {
                     .file_name()
                     .map(|f| f.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                GgufModelBuilder::new(dir.to_string_lossy(), vec![file])
+                (dir.to_string_lossy().into_owned(), file)
             }
         };
-        builder = builder.with_max_num_seqs(config.max_num_seqs);
-        if let Some(t) = &config.chat_template {
-            builder = builder.with_chat_template(t);
-        }
         let started = Instant::now();
-        let model = builder
-            .build()
+        let model = build_model(config, model_id, file)
             .await
             .map_err(|e| anyhow::anyhow!("llm.model: mistral.rs could not load it: {e}"))?;
         tracing::info!(
@@ -233,6 +237,83 @@ impl LlmEngine {
     ) -> Result<Completion, ApiError> {
         self.generate(messages, sampling)?.collect().await
     }
+}
+
+/// The Q8_0 copy of a GGUF file with Q4_1 tensors (`NAME.q8_0.gguf` next to it), made once
+/// and reused while it is newer than the original; see `gguf_convert` for why.
+async fn requantize(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let target = path.with_extension("q8_0.gguf");
+    let fresh =
+        |p: &Path| -> Option<std::time::SystemTime> { std::fs::metadata(p).ok()?.modified().ok() };
+    if let (Some(t), Some(s)) = (fresh(&target), fresh(path))
+        && t >= s
+    {
+        return Ok(target);
+    }
+    let (src, dst) = (path.to_owned(), target.clone());
+    let started = Instant::now();
+    let done = tokio::task::spawn_blocking(move || {
+        super::gguf_convert::convert(&src, &dst, candle_core::quantized::GgmlDType::Q8_0)
+    })
+    .await?
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "llm.requantize_q4_1: could not convert {}: {e}",
+            path.display()
+        )
+    })?;
+    tracing::info!(
+        from = %path.display(),
+        to = %target.display(),
+        converted = done.converted,
+        ms = started.elapsed().as_millis() as u64,
+        "re-quantized Q4_1 tensors to Q8_0 for candle's fast CPU kernels"
+    );
+    Ok(target)
+}
+
+/// What `GgufModelBuilder` does, with the activation dtype chosen by configuration: the
+/// builder always asks for `auto`, which picks F16 on CPU, where F16 arithmetic is emulated.
+async fn build_model(config: &LlmConfig, model_id: String, file: String) -> anyhow::Result<Model> {
+    let dtype = match config.dtype.as_str() {
+        "f32" => ModelDType::F32,
+        "f16" => ModelDType::F16,
+        "bf16" => ModelDType::BF16,
+        _ => ModelDType::Auto,
+    };
+    let loader = GGUFLoaderBuilder::new(
+        config.chat_template.clone(),
+        None,
+        model_id,
+        vec![file],
+        GGUFSpecificConfig { topology: None },
+        false,
+        None,
+    )
+    .build();
+    let device = mistralrs::best_device(false)?;
+    let max_num_seqs = config.max_num_seqs;
+    let pipeline = tokio::task::spawn_blocking(move || {
+        loader.load_model_from_hf(
+            None,
+            TokenSource::CacheToken,
+            &dtype,
+            &device,
+            true,
+            DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
+            None,
+            None,
+        )
+    })
+    .await??;
+    let scheduler = SchedulerConfig::DefaultScheduler {
+        method: DefaultSchedulerMethod::Fixed(max_num_seqs.try_into()?),
+    };
+    let runner = MistralRsBuilder::new(pipeline, scheduler, false, None)
+        .with_prefix_cache_n(16)
+        .build()
+        .await;
+    Ok(Model::new(runner))
 }
 
 fn build_request(messages: Vec<ChatMessage>, s: &Sampling) -> RequestBuilder {

@@ -2,6 +2,7 @@
 //! the translator and semantic similarity.
 
 pub mod encoder;
+pub mod gguf_convert;
 pub mod llm;
 pub mod service;
 
