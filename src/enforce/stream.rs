@@ -355,6 +355,21 @@ impl Windows {
         Ok((items, false))
     }
 
+    /// [`Windows::release`], and the stream's end when a window was blocked (every choice
+    /// finished with `content_filter`, then the tail) or the check failed (an error event).
+    /// `true`: nothing may follow.
+    async fn release_or_end(&mut self, index: usize, all: bool) -> (Vec<Item>, bool) {
+        match self.release(index, all).await {
+            Ok((items, false)) => (items, false),
+            Ok((mut items, true)) => {
+                items.extend(self.end_blocked());
+                items.extend(self.tail());
+                (items, true)
+            }
+            Err(e) => (vec![Err(e)], true),
+        }
+    }
+
     /// After a block: end every choice with `content_filter`.
     fn end_blocked(&mut self) -> Vec<Item> {
         let reason = Value::String("content_filter".into());
@@ -440,33 +455,17 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
                             buf.since = Some(Instant::now());
                         }
                         buf.held.push_str(&text);
-                        match state.release(index, false).await {
-                            Ok((items, blocked)) => {
-                                for it in items { yield it; }
-                                if blocked {
-                                    for it in state.end_blocked() { yield it; }
-                                    for it in state.tail() { yield it; }
-                                    return;
-                                }
-                            }
-                            Err(e) => { yield Err(e); return; }
-                        }
+                        let (items, stop) = state.release_or_end(index, false).await;
+                        for it in items { yield it; }
+                        if stop { return; }
                     }
                     Piece::Other { index, delta } => {
                         // Text held before a tool call or refusal is checked first.
                         let has_held = state.choices.get(&index).is_some_and(|b| !b.held.is_empty());
                         if has_held {
-                            match state.release(index, true).await {
-                                Ok((items, blocked)) => {
-                                    for it in items { yield it; }
-                                    if blocked {
-                                        for it in state.end_blocked() { yield it; }
-                                        for it in state.tail() { yield it; }
-                                        return;
-                                    }
-                                }
-                                Err(e) => { yield Err(e); return; }
-                            }
+                            let (items, stop) = state.release_or_end(index, true).await;
+                            for it in items { yield it; }
+                            if stop { return; }
                         }
                         state.choices.entry(index).or_default();
                         yield state.template.chunk(
@@ -475,17 +474,9 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
                         );
                     }
                     Piece::Finish { index, reason } => {
-                        match state.release(index, true).await {
-                            Ok((items, blocked)) => {
-                                for it in items { yield it; }
-                                if blocked {
-                                    for it in state.end_blocked() { yield it; }
-                                    for it in state.tail() { yield it; }
-                                    return;
-                                }
-                            }
-                            Err(e) => { yield Err(e); return; }
-                        }
+                        let (items, stop) = state.release_or_end(index, true).await;
+                        for it in items { yield it; }
+                        if stop { return; }
                         state.choices.entry(index).or_default().finished = true;
                         yield state.template.finish(index, &reason);
                     }
@@ -497,16 +488,9 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
         // The upstream ended: check what is still held.
         let open: Vec<usize> = state.choices.iter().filter(|(_, b)| !b.held.is_empty()).map(|(i, _)| *i).collect();
         for index in open {
-            match state.release(index, true).await {
-                Ok((items, blocked)) => {
-                    for it in items { yield it; }
-                    if blocked {
-                        for it in state.end_blocked() { yield it; }
-                        break;
-                    }
-                }
-                Err(e) => { yield Err(e); return; }
-            }
+            let (items, stop) = state.release_or_end(index, true).await;
+            for it in items { yield it; }
+            if stop { return; }
         }
         for it in state.tail() { yield it; }
     }
