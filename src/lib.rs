@@ -15,6 +15,7 @@ pub mod rewriter;
 pub mod score;
 pub mod server;
 pub mod stage;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod tenants;

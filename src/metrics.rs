@@ -97,6 +97,8 @@ pub struct Metrics {
     actions: Family<ActionLabels, Counter>,
     value_actions: Family<ValueActionLabels, Counter>,
     held_back_chars: Counter,
+    /// The same enforcement figures per tenant, as JSON for `GET /v1/stats`.
+    pub stats: crate::stats::Stats,
 }
 
 impl Default for Metrics {
@@ -237,6 +239,7 @@ impl Metrics {
             actions,
             value_actions,
             held_back_chars,
+            stats: crate::stats::Stats::default(),
             registry,
             requests,
             duration,
@@ -304,7 +307,8 @@ impl Metrics {
             .inc();
     }
 
-    pub fn stage(&self, stage: &str, took: Duration) {
+    pub fn stage(&self, tenant: &str, stage: &str, took: Duration) {
+        self.stats.stage(tenant, stage, took);
         self.stage_duration
             .get_or_create(&StageLabels {
                 stage: stage.to_owned(),
@@ -313,6 +317,7 @@ impl Metrics {
     }
 
     pub fn action(&self, tenant: &str, action: &str, values: &[crate::values::ValueId]) {
+        self.stats.action(tenant, action, values);
         self.actions
             .get_or_create(&ActionLabels {
                 tenant: tenant.to_owned(),
@@ -330,7 +335,8 @@ impl Metrics {
         }
     }
 
-    pub fn held_back(&self, chars: usize) {
+    pub fn held_back(&self, tenant: &str, chars: usize) {
+        self.stats.held_back(tenant, chars);
         self.held_back_chars.inc_by(chars as u64);
     }
 

@@ -388,6 +388,22 @@ async fn streams_never_leak_what_the_profile_rewrites_or_blocks() {
         "{report}"
     );
     assert!(!s.text.trim().is_empty());
+    // With metadata, each window's report rides on the chunk that releases its text.
+    let live: Vec<&Value> = s
+        .chunks
+        .iter()
+        .filter(|c| c.get("visa_window").is_some())
+        .collect();
+    assert_eq!(live.len(), windows.len(), "one live report per window");
+    for (k, c) in live.iter().enumerate() {
+        let w = &c["visa_window"];
+        assert_eq!(w["window"], k + 1, "{c}");
+        assert_eq!(w["action"], windows[k]["action"], "{c}");
+        assert!(w["held_chars"].as_u64().unwrap() > 0, "{c}");
+        if w["action"] != "blocked" {
+            assert!(c["choices"][0]["delta"]["content"].is_string(), "{c}");
+        }
+    }
     // Usage reports what the client received, and comes after the report.
     let usage = s.chunks.last().unwrap();
     assert!(

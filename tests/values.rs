@@ -342,6 +342,143 @@ async fn tenants_see_only_their_own_profile() {
 }
 
 #[tokio::test]
+async fn console_api_me_own_history_tenant_list_and_stats_per_tenant() {
+    let (_m, p) = setup().await;
+    // Who a key belongs to.
+    let (s, me) = call(&p, Method::GET, "/v1/me", ADMIN, None).await;
+    assert_eq!((s, me["kind"].as_str()), (200, Some("admin")), "{me}");
+    let (s, me) = call(&p, Method::GET, "/v1/me", "sk-acme", None).await;
+    assert_eq!(s, 200, "{me}");
+    assert_eq!(me["kind"], "tenant");
+    assert_eq!(me["tenant_id"], "acme");
+    assert_eq!(me["self_manage_profile"], true);
+    let (s, e) = call(&p, Method::GET, "/v1/me", "sk-nobody", None).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (401, Some("invalid_api_key")),
+        "{e}"
+    );
+
+    // A tenant's own history, newest first; it never includes another tenant's versions.
+    for t in [0.5, 0.6] {
+        let (s, _) = call(
+            &p,
+            Method::PUT,
+            "/v1/profile",
+            "sk-acme",
+            Some(json!({"values": {"benevolence": {"target": t}}, "action": "audit"})),
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    call(
+        &p,
+        Method::PUT,
+        "/v1/tenants/globex/profile",
+        ADMIN,
+        Some(json!({"values": {"power": {"target": 0.9}}, "action": "audit"})),
+    )
+    .await;
+    let (s, h) = call(&p, Method::GET, "/v1/profile/history", "sk-acme", None).await;
+    assert_eq!(s, 200, "{h}");
+    let versions: Vec<u64> = h["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [2, 1]);
+    assert!(approx(
+        &h["data"][0]["profile"]["values"]["benevolence"]["target"],
+        0.6
+    ));
+    assert!(
+        !h.to_string().contains("power"),
+        "globex's versions leak: {h}"
+    );
+    let (s, h) = call(
+        &p,
+        Method::GET,
+        "/v1/profile/history?limit=1",
+        "sk-acme",
+        None,
+    )
+    .await;
+    assert_eq!((s, h["data"].as_array().map(Vec::len)), (200, Some(1)));
+
+    // The admin's tenant list carries each profile's action and version.
+    let (_, list) = call(&p, Method::GET, "/v1/tenants", ADMIN, None).await;
+    let acme = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "acme")
+        .unwrap();
+    assert_eq!(acme["profile"]["action"], "audit");
+    assert_eq!(acme["profile"]["version"], 2);
+
+    // Stats: acme's audited traffic counts for acme only; a tenant sees only itself.
+    for _ in 0..2 {
+        let r = c()
+            .post(p.url("/v1/chat/completions"))
+            .bearer_auth("sk-acme")
+            .json(
+                &json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                          "mock": {"content": "Take control and show them who is the boss."}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (s, st) = call(&p, Method::GET, "/v1/stats", ADMIN, None).await;
+    assert_eq!(s, 200, "{st}");
+    let by_id = |st: &Value, id: &str| {
+        st["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tenant_id"] == id)
+            .cloned()
+    };
+    let acme = by_id(&st, "acme").expect("acme in the admin's stats");
+    assert_eq!(acme["actions"]["passed"], 2, "{st}");
+    assert_eq!(acme["stages"]["detect"]["count"], 2, "{st}");
+    assert!(acme["stages"]["detect"]["p50_ms"].as_f64().unwrap() > 0.0);
+    let globex = by_id(&st, "globex").expect("globex in the admin's stats");
+    assert!(globex["actions"].as_object().unwrap().is_empty(), "{st}");
+    let (_, mine) = call(&p, Method::GET, "/v1/stats", "sk-globex", None).await;
+    assert_eq!(mine["tenants"].as_array().map(Vec::len), Some(1), "{mine}");
+    assert_eq!(mine["tenants"][0]["tenant_id"], "globex");
+    assert!(by_id(&mine, "acme").is_none());
+    let (s, _) = call(&p, Method::GET, "/v1/stats", "sk-nobody", None).await;
+    assert_eq!(s, 401);
+
+    // The console is served with its security headers; its scripts are there.
+    let r = c().get(p.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    assert!(r.text().await.unwrap().contains("/static/js/main.js"));
+    let js = c().get(p.url("/static/js/main.js")).send().await.unwrap();
+    assert_eq!(js.status(), 200);
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("javascript")
+    );
+    assert_eq!(js.headers()["x-content-type-options"], "nosniff");
+}
+
+#[tokio::test]
 async fn acknowledged_profile_updates_survive_sigkill() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -151,7 +151,7 @@ impl Enforcer {
             ApiError::new(ErrorKind::Unavailable, "the value models are disabled")
         })?;
         let (fits, detect) = scorer.fit(profile, &[text.to_owned()]).await?;
-        self.metrics.stage("detect", detect);
+        self.metrics.stage(tenant, "detect", detect);
         let before = fits
             .into_iter()
             .next()
@@ -194,7 +194,7 @@ impl Enforcer {
                 .rewrite_from(profile, text, context, before)
                 .await?;
             let took = started.elapsed();
-            self.metrics.stage("rewrite", took);
+            self.metrics.stage(tenant, "rewrite", took);
             report.rewrite_ms = ms(took);
             report.candidates = rewrite.candidates.len();
             if let Some(best) = rewrite

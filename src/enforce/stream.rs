@@ -277,7 +277,7 @@ impl Windows {
         if let Some(since) = buf.since.take() {
             self.enforcer
                 .metrics
-                .stage("hold_back_wait", since.elapsed());
+                .stage(&self.tenant, "hold_back_wait", since.elapsed());
         }
         let tail = tail_chars(&buf.released, 300);
         let context = match (&self.context, tail.is_empty()) {
@@ -303,8 +303,10 @@ impl Windows {
             .await?;
         self.enforcer
             .metrics
-            .stage("hold_back", held_from.elapsed());
-        self.enforcer.metrics.held_back(text.chars().count());
+            .stage(&self.tenant, "hold_back", held_from.elapsed());
+        self.enforcer
+            .metrics
+            .held_back(&self.tenant, text.chars().count());
         self.worst = self.worst.max(action);
         self.reports.push(report);
         self.upstream_chars += text.chars().count();
@@ -328,6 +330,17 @@ impl Windows {
         Ok(out)
     }
 
+    /// The `visa_window` field for the window just decided, when metadata was asked for.
+    fn window_report(&self, index: usize, held_chars: usize) -> Option<(&'static str, Value)> {
+        if !self.metadata {
+            return None;
+        }
+        let mut report = serde_json::to_value(self.reports.last()?).ok()?;
+        report["window"] = json!(self.choices.get(&index).map_or(0, |b| b.windows));
+        report["held_chars"] = json!(held_chars);
+        Some(("visa_window", report))
+    }
+
     /// Cut and check every complete window of one choice (all of it when `all`).
     async fn release(&mut self, index: usize, all: bool) -> Result<(Vec<Item>, bool), ApiError> {
         let mut items = Vec::new();
@@ -347,9 +360,22 @@ impl Windows {
             if !buf.held.is_empty() {
                 buf.since = Some(Instant::now());
             }
-            match self.window(index, window).await? {
-                Some(t) => items.push(self.template.content(index, &t)),
-                None => return Ok((items, true)),
+            let held_chars = window.chars().count();
+            let released = self.window(index, window).await?;
+            // With x-visa-metadata, each window's report rides on the chunk that releases it
+            // (or on an empty chunk when it was blocked), so a client sees decisions live.
+            let report = self.window_report(index, held_chars);
+            match released {
+                Some(t) => items.push(self.template.chunk(
+                    json!([{"index": index, "delta": {"content": t}, "finish_reason": null}]),
+                    report,
+                )),
+                None => {
+                    if report.is_some() {
+                        items.push(self.template.chunk(json!([]), report));
+                    }
+                    return Ok((items, true));
+                }
             }
         }
         Ok((items, false))

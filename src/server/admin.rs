@@ -28,6 +28,15 @@ pub async fn list_tenants(State(state): State<AppState>) -> Json<Value> {
                 },
                 "in_flight": t.in_flight(),
                 "admitted_total": t.admitted_total(),
+                "self_manage_profile": t.self_manage_profile,
+                "profile": state.profiles.get(&t.id).map(|p| json!({
+                    "action": p.action,
+                    "fallback": p.fallback,
+                    "stream_mode": p.stream_mode,
+                    "version": p.version,
+                    "updated_at": p.updated_at,
+                    "values": p.values.len(),
+                })),
             })
         })
         .collect();

@@ -5,12 +5,14 @@ pub mod auth;
 pub mod chat;
 pub mod extract;
 pub mod health;
+pub mod me;
 pub mod models;
 pub mod observe;
 pub mod openapi;
 pub mod profiles;
 pub mod rewrite;
 pub mod routes;
+pub mod stats;
 pub mod values;
 
 use std::future::IntoFuture;
@@ -60,6 +62,8 @@ pub struct AppState {
     pub llm: Option<Arc<LlmEngine>>,
     /// Enforcement (profiles, scorer, rewriter); also the response stage.
     pub enforcer: Arc<Enforcer>,
+    /// When the state was built (the proxy's uptime in `/v1/stats`).
+    pub started: std::time::Instant,
 }
 
 /// The encoder service and what is built on it.
@@ -214,6 +218,7 @@ impl AppState {
             upstreams: Arc::new(upstreams),
             metrics,
             admin_key_hash,
+            started: std::time::Instant::now(),
         })
     }
 }

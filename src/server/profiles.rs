@@ -199,9 +199,32 @@ pub async fn admin_history(
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
     tenant_exists(&state, &tenant_id)?;
+    history(&state, &tenant_id, q.limit).await
+}
+
+#[utoipa::path(get, path = "/v1/profile/history", tag = "profiles",
+    params(HistoryQuery),
+    responses(
+        (status = 200, description = "The calling tenant's own versions, newest first; a deletion is a version with `profile: null`", body = Object),
+        (status = 401, description = "No or unknown tenant key", body = crate::server::openapi::ErrorResponse),
+    ),
+    security(("bearer" = [])))]
+pub async fn tenant_history(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Arc<Tenant>>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    history(&state, &tenant.id, q.limit).await
+}
+
+async fn history(
+    state: &AppState,
+    tenant_id: &str,
+    limit: Option<usize>,
+) -> Result<Json<Value>, ApiError> {
     let max = state.config.profiles.history_limit;
-    let limit = q.limit.unwrap_or(max).clamp(1, max);
-    let data: Vec<HistoryEntry> = state.profiles.history(&tenant_id, limit).await?;
+    let limit = limit.unwrap_or(max).clamp(1, max);
+    let data: Vec<HistoryEntry> = state.profiles.history(tenant_id, limit).await?;
     Ok(Json(json!({"object": "list", "data": data})))
 }
 

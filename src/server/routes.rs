@@ -2,6 +2,7 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -9,7 +10,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::services::ServeDir;
 
 use super::{
-    AppState, admin, auth, chat, health, models, observe, openapi, profiles, rewrite, values,
+    AppState, admin, auth, chat, health, me, models, observe, openapi, profiles, rewrite, stats,
+    values,
 };
 use crate::error::{ApiError, ErrorKind};
 
@@ -19,6 +21,9 @@ pub const TENANTS: &str = "/v1/tenants";
 pub const TENANT_PROFILE: &str = "/v1/tenants/{tenant_id}/profile";
 pub const TENANT_PROFILE_HISTORY: &str = "/v1/tenants/{tenant_id}/profile/history";
 pub const OWN_PROFILE: &str = "/v1/profile";
+pub const OWN_PROFILE_HISTORY: &str = "/v1/profile/history";
+pub const ME: &str = "/v1/me";
+pub const STATS: &str = "/v1/stats";
 pub const VALUES: &str = "/v1/values";
 pub const VALUES_DETECT: &str = "/v1/values/detect";
 pub const VALUES_REWRITE: &str = "/v1/values/rewrite";
@@ -37,6 +42,7 @@ pub fn router(state: AppState) -> Router {
             OWN_PROFILE,
             get(profiles::tenant_get).put(profiles::tenant_put),
         )
+        .route(OWN_PROFILE_HISTORY, get(profiles::tenant_history))
         .route_layer(from_fn_with_state(state.clone(), auth::tenant_auth));
     // Routes for either key.
     let shared_routes = Router::new()
@@ -44,6 +50,8 @@ pub fn router(state: AppState) -> Router {
         .route(VALUES_DETECT, post(values::detect))
         .route(VALUES_REWRITE, post(rewrite::rewrite))
         .route(PROFILES_TRANSLATE, post(values::translate))
+        .route(ME, get(me::me))
+        .route(STATS, get(stats::stats))
         .route_layer(from_fn_with_state(state.clone(), auth::any_auth));
     // Management routes: the admin key.
     let admin_routes = Router::new()
@@ -67,9 +75,13 @@ pub fn router(state: AppState) -> Router {
         .route(HEALTHZ, get(health::healthz))
         .route(READYZ, get(health::readyz))
         .route(METRICS, get(health::metrics))
-        .route(OPENAPI, get(openapi::openapi_json))
+        .route(OPENAPI, get(openapi::openapi_json));
+    // The web console, with its security headers.
+    let console = Router::new()
         .route("/", get(health::index))
-        .nest_service("/static", ServeDir::new(&state.config.server.static_dir));
+        .nest_service("/static", ServeDir::new(&state.config.server.static_dir))
+        .layer(axum::middleware::map_response(console_headers));
+    let open = open.merge(console);
 
     open.merge(api)
         .fallback(not_found)
@@ -78,6 +90,28 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(from_fn_with_state(state.clone(), observe::observe))
         .with_state(state)
+}
+
+/// The console's own files only (no inline scripts, no other origins), never framed, and no
+/// Referer that could carry anything out.
+async fn console_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    res
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

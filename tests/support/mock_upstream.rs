@@ -6,7 +6,8 @@
 //!   (or is `content` when given), `n` choices when `n` is set.
 //! - `{"mode":"tool_call"}`: a completion holding a tool call.
 //! - streams (`"stream": true`): `chunks` (default ["Hello", " from", " the", " mock."]),
-//!   `delay_ms` between chunks, a usage chunk when `stream_options.include_usage` is set.
+//!   `delay_ms` between chunks, a usage chunk when `stream_options.include_usage` is set;
+//!   with `state.echo_streams` set, the default is the last user message, word by word.
 //! - `{"mode":"fail","status":503,"times":2,"key":"k","openai_shaped":true}`: fail the first
 //!   `times` attempts carrying `key` (all when `times` is absent), then answer normally.
 //! - `{"mode":"hang","delay_ms":N}`: wait before any header.
@@ -48,6 +49,9 @@ pub struct MockState {
     pub streams_cancelled: AtomicUsize,
     /// When false, nothing is recorded (benchmarks).
     pub record: AtomicBool,
+    /// When true, a stream without `mock.chunks` streams the last user message back word by
+    /// word (for clients that cannot add a `mock` object, such as the web console).
+    pub echo_streams: AtomicBool,
 }
 
 impl MockState {
@@ -319,6 +323,10 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
                 .collect()
         })
         .unwrap_or_else(|| {
+            if state.echo_streams.load(Ordering::SeqCst) {
+                let text = last_user_text(&body);
+                return text.split_inclusive(' ').map(str::to_owned).collect();
+            }
             vec![
                 "Hello".into(),
                 " from".into(),
