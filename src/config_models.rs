@@ -19,6 +19,10 @@ pub struct LlmConfig {
     pub hf_file: Option<String>,
     /// A Jinja chat template file (or literal template) that overrides the GGUF's own.
     pub chat_template: Option<String>,
+    /// A LoRA adapter written by `visa-proxy train-rewriter` (`adapter.safetensors`), merged
+    /// into a copy of `model` (`ADAPTER.merged.gguf` next to it, Q8_0), made once and reused
+    /// while newer than both files.
+    pub adapter: Option<String>,
     /// Load a Q8_0 copy of a local GGUF file's Q4_1 tensors (written once next to it): candle
     /// has AVX2 kernels for Q8_0 and none for Q4_1 (see the README's benchmarks).
     pub requantize_q4_1: bool,
@@ -47,6 +51,7 @@ impl Default for LlmConfig {
             hf_model_id: None,
             hf_file: None,
             chat_template: None,
+            adapter: None,
             dtype: "f32".into(),
             requantize_q4_1: true,
             served_name: "smollm2-135m-instruct".into(),

@@ -9,6 +9,7 @@ pub mod config_models;
 pub mod detector;
 pub mod enforce;
 pub mod error;
+pub mod grpo;
 pub mod metrics;
 pub mod models;
 pub mod rewriter;

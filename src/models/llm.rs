@@ -26,6 +26,17 @@ pub enum Role {
     Assistant,
 }
 
+impl Role {
+    /// The role's name in chat templates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ChatMessage {
     pub role: Role,
@@ -151,10 +162,13 @@ impl LlmEngine {
                     "llm.model: {} does not exist (scripts/fetch-models.sh fetches the default)",
                     given.display()
                 );
-                let requantized;
-                let path = if config.requantize_q4_1 {
-                    requantized = requantize(given).await?;
-                    requantized.as_path()
+                let prepared;
+                let path = if let Some(adapter) = &config.adapter {
+                    prepared = merge_adapter(given, Path::new(adapter)).await?;
+                    prepared.as_path()
+                } else if config.requantize_q4_1 {
+                    prepared = requantize(given).await?;
+                    prepared.as_path()
                 } else {
                     given
                 };
@@ -239,15 +253,56 @@ impl LlmEngine {
     }
 }
 
+/// True when `target` exists and is at least as new as every source.
+fn up_to_date(target: &Path, sources: &[&Path]) -> bool {
+    let modified =
+        |p: &Path| -> Option<std::time::SystemTime> { std::fs::metadata(p).ok()?.modified().ok() };
+    let Some(t) = modified(target) else {
+        return false;
+    };
+    sources.iter().all(|s| modified(s).is_some_and(|s| t >= s))
+}
+
+/// The base GGUF with a trained LoRA adapter merged in (`ADAPTER.merged.gguf` next to the
+/// adapter, Q8_0), made once and reused while newer than both.
+async fn merge_adapter(base: &Path, adapter: &Path) -> anyhow::Result<std::path::PathBuf> {
+    anyhow::ensure!(
+        adapter.is_file(),
+        "llm.adapter: {} does not exist",
+        adapter.display()
+    );
+    let target = adapter.with_extension("merged.gguf");
+    if up_to_date(&target, &[base, adapter]) {
+        return Ok(target);
+    }
+    let (b, a, t) = (base.to_owned(), adapter.to_owned(), target.clone());
+    let started = Instant::now();
+    let merged = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let adapter = crate::grpo::adapter::load(&a)?;
+        crate::grpo::adapter::merge_into_gguf(
+            &b,
+            &adapter,
+            &t,
+            candle_core::quantized::GgmlDType::Q8_0,
+        )
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("llm.adapter: could not merge {}: {e}", adapter.display()))?;
+    tracing::info!(
+        adapter = %adapter.display(),
+        to = %target.display(),
+        adapted = merged.adapted,
+        ms = started.elapsed().as_millis() as u64,
+        "merged the LoRA adapter into the base model"
+    );
+    Ok(target)
+}
+
 /// The Q8_0 copy of a GGUF file with Q4_1 tensors (`NAME.q8_0.gguf` next to it), made once
 /// and reused while it is newer than the original; see `gguf_convert` for why.
 async fn requantize(path: &Path) -> anyhow::Result<std::path::PathBuf> {
     let target = path.with_extension("q8_0.gguf");
-    let fresh =
-        |p: &Path| -> Option<std::time::SystemTime> { std::fs::metadata(p).ok()?.modified().ok() };
-    if let (Some(t), Some(s)) = (fresh(&target), fresh(path))
-        && t >= s
-    {
+    if up_to_date(&target, &[path]) {
         return Ok(target);
     }
     let (src, dst) = (path.to_owned(), target.clone());

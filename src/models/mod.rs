@@ -3,6 +3,7 @@
 
 pub mod encoder;
 pub mod gguf_convert;
+pub mod gguf_tokenizer;
 pub mod llm;
 pub mod service;
 

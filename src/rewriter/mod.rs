@@ -155,19 +155,34 @@ fn ms(d: Duration) -> f64 {
 impl Rewriter {
     /// Token budget for one candidate: room for `max_length_ratio` times the original.
     fn max_tokens(&self, original: &str) -> usize {
-        // About 4 characters per token in English; never below 32.
-        ((original.len() as f32 * self.config.max_length_ratio / 3.5) as usize).max(32)
+        max_tokens(&self.config, original)
     }
+}
 
-    /// Longest acceptable candidate, in characters.
-    fn max_chars(&self, original: &str) -> usize {
-        (original.chars().count() as f32 * self.config.max_length_ratio) as usize + 20
-    }
+/// Most tokens a rewrite of `original` may take: about 3.5 characters per token in English,
+/// times the length ratio; never below 32.
+pub fn max_tokens(config: &RewriterConfig, original: &str) -> usize {
+    ((original.len() as f32 * config.max_length_ratio / 3.5) as usize).max(32)
+}
 
-    /// A candidate cut by the token limit, or longer than allowed, keeps its complete sentences
-    /// up to the length cap; with none, it is rejected.
-    fn cap(&self, original: &str, text: String, finished: bool) -> Result<String, Rejection> {
-        cap_text(&text, self.max_chars(original), finished)
+/// A raw generation made into a candidate: clean-up of preambles and commentary, the length
+/// cap (a candidate cut by the token limit or longer than allowed keeps its complete sentences
+/// within the cap), and rejection of empty, too short or unchanged texts. The serving rewriter
+/// and GRPO training screen candidates the same way.
+pub fn screen(
+    config: &RewriterConfig,
+    original: &str,
+    raw: &str,
+    finished: bool,
+) -> (String, Option<Rejection>) {
+    let cleaned = prompt::clean(raw);
+    let max = (original.chars().count() as f32 * config.max_length_ratio) as usize + 20;
+    match cap_text(&cleaned, max, finished) {
+        Ok(t) => {
+            let rejected = reject(config, original, &t);
+            (t, rejected)
+        }
+        Err(why) => (cleaned, Some(why)),
     }
 }
 
@@ -194,20 +209,20 @@ fn cap_text(text: &str, max: usize, finished: bool) -> Result<String, Rejection>
     }
 }
 
-impl Rewriter {
-    fn reject(&self, original: &str, text: &str) -> Option<Rejection> {
-        let (o, t) = (original.chars().count() as f32, text.chars().count() as f32);
-        if text.trim().is_empty() {
-            Some(Rejection::Empty)
-        } else if t < o * self.config.min_length_ratio {
-            Some(Rejection::TooShort)
-        } else if text.trim() == original.trim() {
-            Some(Rejection::Unchanged)
-        } else {
-            None
-        }
+fn reject(config: &RewriterConfig, original: &str, text: &str) -> Option<Rejection> {
+    let (o, t) = (original.chars().count() as f32, text.chars().count() as f32);
+    if text.trim().is_empty() {
+        Some(Rejection::Empty)
+    } else if t < o * config.min_length_ratio {
+        Some(Rejection::TooShort)
+    } else if text.trim() == original.trim() {
+        Some(Rejection::Unchanged)
+    } else {
+        None
     }
+}
 
+impl Rewriter {
     /// Rewrite `original` toward `profile`. `original_fit`, when the caller already detected
     /// the original, saves a detection.
     pub async fn rewrite(
@@ -284,13 +299,7 @@ impl Rewriter {
         let mut candidates = Vec::with_capacity(raw.len());
         for r in raw {
             let (text, finished) = r?;
-            let (text, rejected) = match self.cap(original, prompt::clean(&text), finished) {
-                Ok(t) => {
-                    let rejected = self.reject(original, &t);
-                    (t, rejected)
-                }
-                Err(why) => (prompt::clean(&text), Some(why)),
-            };
+            let (text, rejected) = screen(&self.config, original, &text, finished);
             candidates.push(Candidate {
                 text,
                 rejected,

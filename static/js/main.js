@@ -12,6 +12,15 @@ const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 const who = document.getElementById("who");
 let cleanup = null;
+// Each navigation gets a number; a view that finishes loading after a newer navigation began
+// is discarded, so two views never share the page.
+let generation = 0;
+
+/** Go to `hash` (re-rendering when it is already the current one). */
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
 
 function signIn() {
   const input = h("input", {
@@ -42,8 +51,7 @@ function signIn() {
     try {
       const caller = await whoami(input.value.trim());
       session.save(input.value.trim(), caller);
-      location.hash = caller.kind === "admin" ? "#/tenants" : `#/tenants/${encodeURIComponent(caller.tenant_id)}`;
-      route();
+      go(caller.kind === "admin" ? "#/tenants" : `#/tenants/${encodeURIComponent(caller.tenant_id)}`);
     } catch (e) {
       clear(status, errorBox(e));
     }
@@ -74,8 +82,7 @@ function drawNav(caller) {
         type: "button",
         onclick: () => {
           session.clear();
-          location.hash = "#/signin";
-          route();
+          go("#/signin");
         },
       },
       "Sign out",
@@ -98,23 +105,33 @@ export async function route() {
   drawNav(caller);
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   const own = caller.kind === "tenant" ? caller.tenant_id : null;
+  const mine = ++generation;
+  // The view renders into its own element, shown only if no newer navigation began meanwhile.
+  const host = document.createElement("div");
   try {
+    let done;
     switch (parts[0]) {
       case "tenants":
-        if (parts[1]) cleanup = await renderProfile(main, parts[1]);
-        else cleanup = await renderTenants(main);
+        done = parts[1] ? await renderProfile(host, parts[1]) : await renderTenants(host);
         break;
       case "playground":
-        cleanup = await renderPlayground(main);
+        done = await renderPlayground(host);
         break;
       case "overview":
-        cleanup = await renderOverview(main);
+        done = await renderOverview(host);
         break;
       default:
-        location.hash = own ? `#/tenants/${encodeURIComponent(own)}` : "#/tenants";
+        go(own ? `#/tenants/${encodeURIComponent(own)}` : "#/tenants");
         return;
     }
+    if (mine !== generation) {
+      done?.();
+      return;
+    }
+    cleanup = done || null;
+    main.replaceChildren(host);
   } catch (e) {
+    if (mine !== generation) return;
     if (e.status === 401) {
       session.clear();
       signIn();

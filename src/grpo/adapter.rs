@@ -1,0 +1,153 @@
+//! The trained adapter on disk and in the served model: LoRA matrices in safetensors (named
+//! after the GGUF tensors they adapt, with their scale), loaded back for `--resume`, and merged
+//! into a copy of the base GGUF (`W + scale B A`, re-quantized to Q8_0) that mistral.rs serves
+//! like any GGUF file.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::{Device, Tensor};
+
+use super::llama::Llama;
+
+const SCALE: &str = "lora_scale";
+
+/// Write the model's adapters.
+pub fn save(model: &Llama, path: &Path) -> anyhow::Result<()> {
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut scale = None;
+    for (name, lin) in model.linears() {
+        if let Some(l) = &lin.lora {
+            tensors.insert(format!("{name}.lora_a"), l.a.as_tensor().clone());
+            tensors.insert(format!("{name}.lora_b"), l.b.as_tensor().clone());
+            scale = Some(l.scale);
+        }
+    }
+    let scale = scale.ok_or_else(|| anyhow::anyhow!("the model has no adapters to save"))?;
+    tensors.insert(SCALE.into(), Tensor::new(&[scale as f32], &Device::Cpu)?);
+    let tmp = path.with_extension("safetensors.partial");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// An adapter read from disk: per GGUF tensor name (without `.weight`), `(A, B)`, and the scale.
+pub struct Adapter {
+    pub layers: HashMap<String, (Tensor, Tensor)>,
+    pub scale: f64,
+}
+
+pub fn load(path: &Path) -> anyhow::Result<Adapter> {
+    let mut t = candle_core::safetensors::load(path, &Device::Cpu)?;
+    let scale = t
+        .remove(SCALE)
+        .ok_or_else(|| {
+            anyhow::anyhow!("{}: not a visa-proxy adapter (no {SCALE})", path.display())
+        })?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .first()
+        .copied()
+        .unwrap_or(1.0) as f64;
+    let mut layers = HashMap::new();
+    let names: Vec<String> = t
+        .keys()
+        .filter_map(|k| k.strip_suffix(".lora_a").map(str::to_owned))
+        .collect();
+    for name in names {
+        let a = t.remove(&format!("{name}.lora_a"));
+        let b = t.remove(&format!("{name}.lora_b"));
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                layers.insert(name, (a, b));
+            }
+            _ => anyhow::bail!("{}: {name} lacks lora_a or lora_b", path.display()),
+        }
+    }
+    anyhow::ensure!(
+        !layers.is_empty(),
+        "{}: no adapter matrices",
+        path.display()
+    );
+    Ok(Adapter { layers, scale })
+}
+
+/// Copy an adapter's values into a model that carries adapters of the same shapes.
+pub fn restore(model: &Llama, adapter: &Adapter) -> anyhow::Result<()> {
+    for (name, lin) in model.linears() {
+        let (Some(l), Some((a, b))) = (&lin.lora, adapter.layers.get(&name)) else {
+            continue;
+        };
+        l.a.set(a)?;
+        l.b.set(b)?;
+    }
+    Ok(())
+}
+
+/// What [`merge_into_gguf`] did.
+pub struct Merged {
+    pub tensors: usize,
+    pub adapted: usize,
+}
+
+/// Write `output`: the base GGUF with every adapted weight replaced by `W + scale B A`,
+/// quantized to `dtype`; other Q4_1 tensors are re-quantized to `dtype` too (candle's fast
+/// kernels), everything else and all metadata are kept.
+pub fn merge_into_gguf(
+    base: &Path,
+    adapter: &Adapter,
+    output: &Path,
+    dtype: GgmlDType,
+) -> anyhow::Result<Merged> {
+    let dev = Device::Cpu;
+    let mut reader = std::io::BufReader::new(std::fs::File::open(base)?);
+    let content = gguf_file::Content::read(&mut reader)?;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
+    let mut adapted = 0;
+    for name in names {
+        let q = content.tensor(&mut reader, name, &dev)?;
+        let key = name.strip_suffix(".weight").unwrap_or(name);
+        let q = match adapter.layers.get(key) {
+            Some((a, b)) => {
+                let w = q.dequantize(&dev)?;
+                anyhow::ensure!(
+                    w.dims2()? == (b.dim(0)?, a.dim(1)?),
+                    "{name}: the adapter's shape does not fit the base weight"
+                );
+                adapted += 1;
+                let merged = (w + (b.matmul(a)? * adapter.scale)?)?;
+                QTensor::quantize(&merged, dtype)?
+            }
+            None if q.dtype() == GgmlDType::Q4_1 => QTensor::quantize(&q.dequantize(&dev)?, dtype)?,
+            None => q,
+        };
+        tensors.push((name.clone(), q));
+    }
+    anyhow::ensure!(
+        adapted == adapter.layers.len(),
+        "only {adapted} of the adapter's {} layers exist in {}",
+        adapter.layers.len(),
+        base.display()
+    );
+    let mut metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    metadata.sort_by(|a, b| a.0.cmp(b.0));
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let tmp = output.with_extension(format!("partial-{}", std::process::id()));
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        gguf_file::write(&mut w, &metadata, &refs)?;
+        std::io::Write::flush(&mut w)?;
+    }
+    std::fs::rename(&tmp, output)?;
+    Ok(Merged {
+        tensors: tensors.len(),
+        adapted,
+    })
+}

@@ -1,0 +1,408 @@
+//! `visa-proxy train-rewriter`: GRPO on the rewriter's base model with LoRA adapters, rewarded
+//! by the proxy's own composite scorer (detector value fit + semantic integrity, after the same
+//! candidate screening the serving rewriter applies). Writes the adapter, a JSON card, a JSONL
+//! log of every step and checkpoints; `--resume` continues from the last checkpoint, Ctrl-C
+//! stops after the current step keeping it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::adapter;
+use super::data::{self, Item};
+use super::llama::Llama;
+use super::lora::LoraConfig;
+use super::math::Objective;
+use super::sample::{Group, Rng, SampleConfig};
+use super::trainer::{StepStats, TrainConfig, Trainer};
+use crate::config::Config;
+use crate::models::gguf_tokenizer::GgufTokenizer;
+use crate::rewriter::{prompt, screen};
+use crate::score::Scorer;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOptions {
+    /// The proxy's config: models, rewriter settings and `[llm] model` (the base).
+    pub config: PathBuf,
+    /// Touché23 folder (sources: the premises of `arguments-training.tsv`).
+    pub data: Option<PathBuf>,
+    /// A JSONL of `{text, target}` items, used instead of (or without) `data`.
+    pub jsonl: Option<PathBuf>,
+    /// The base GGUF; default: the config's `[llm] model`.
+    pub base: Option<PathBuf>,
+    pub out: PathBuf,
+    pub steps: usize,
+    pub group: usize,
+    pub prompts_per_step: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub learning_rate: f64,
+    pub beta: f64,
+    pub clip: f64,
+    pub rank: usize,
+    pub alpha: f64,
+    pub seed: u64,
+    pub resume: bool,
+    pub checkpoint_every: usize,
+    pub min_source_chars: usize,
+    pub max_source_chars: usize,
+}
+
+/// What a checkpoint remembers besides the adapter.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    step: usize,
+    rng: u64,
+    next_item: usize,
+    rewards: Vec<f32>,
+    seconds: f64,
+}
+
+pub fn adapter_path(out: &Path) -> PathBuf {
+    out.join("adapter.safetensors")
+}
+
+pub fn card_path(out: &Path) -> PathBuf {
+    out.join("adapter.json")
+}
+
+fn state_path(out: &Path) -> PathBuf {
+    out.join("checkpoint.json")
+}
+
+fn log_path(out: &Path) -> PathBuf {
+    out.join("log.jsonl")
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The chat prompt for one item, as the serving rewriter builds it.
+pub fn prompt_text(item: &Item, detected: &crate::values::ValueVector) -> String {
+    let profile = item.profile();
+    let gaps = profile.gaps(detected);
+    let messages: Vec<(String, String)> = prompt::messages(&item.text, None, &gaps)
+        .into_iter()
+        .map(|m| (m.role.as_str().to_owned(), m.content))
+        .collect();
+    GgufTokenizer::chatml(&messages)
+}
+
+/// Items with their detected vectors (the training sources get their targets here).
+async fn items_for(
+    o: &TrainOptions,
+    scorer: &Scorer,
+    need: usize,
+) -> anyhow::Result<Vec<(Item, crate::values::ValueVector)>> {
+    let mut items: Vec<Item> = match &o.jsonl {
+        Some(p) => data::read_jsonl(p)?,
+        None => Vec::new(),
+    };
+    let mut sources = Vec::new();
+    if let Some(dir) = &o.data {
+        sources = data::touche_sources(
+            dir,
+            "training",
+            o.min_source_chars,
+            o.max_source_chars,
+            o.seed,
+        )?;
+        sources.truncate(need.saturating_sub(items.len()).max(if items.is_empty() {
+            1
+        } else {
+            0
+        }));
+    }
+    anyhow::ensure!(
+        !items.is_empty() || !sources.is_empty(),
+        "no training items: give --data (Touché23) and/or --jsonl"
+    );
+    let texts: Vec<String> = items
+        .iter()
+        .map(|i| i.text.clone())
+        .chain(sources.iter().map(|(_, t)| t.clone()))
+        .collect();
+    let mut detected = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(32) {
+        let (d, _) = scorer
+            .detector
+            .detect(chunk)
+            .await
+            .map_err(|e| anyhow::anyhow!("detector: {}", e.message))?;
+        detected.extend(d.into_iter().map(|d| d.values));
+    }
+    let mut rng = Rng::new(o.seed ^ 0x007A_2657);
+    for ((id, text), d) in sources.into_iter().zip(detected.iter().skip(items.len())) {
+        items.push(Item {
+            id,
+            text,
+            target: data::make_target(d, &mut rng),
+        });
+    }
+    Ok(items.into_iter().zip(detected).collect())
+}
+
+pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
+    let config = Config::load(&o.config, None)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", o.config.display()))?;
+    let base = o
+        .base
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&config.llm.model));
+    anyhow::ensure!(
+        base.is_file(),
+        "base model {} does not exist (scripts/fetch-models.sh)",
+        base.display()
+    );
+    std::fs::create_dir_all(&o.out)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    eprintln!("loading the value models (reward) ...");
+    let models = rt.block_on(crate::server::ValueModels::load(
+        &config.models,
+        crate::models::service::ServiceStats::default(),
+    ))?;
+    let scorer = Scorer {
+        detector: models.detector.clone(),
+        encoder: models.semantic.clone(),
+        value_weight: config.rewriter.value_weight,
+    };
+    eprintln!("loading the base model {} ...", base.display());
+    let tokenizer = GgufTokenizer::from_gguf(&base)?;
+    let mut model = Llama::from_gguf(&base, &Device::Cpu)?;
+    let lora = LoraConfig {
+        rank: o.rank,
+        alpha: o.alpha,
+    };
+    model.add_lora(lora, o.seed)?;
+    model.quantize_for_sampling()?;
+    let mut stop = vec![tokenizer.eos];
+    if let Some(id) = tokenizer.tokenizer.token_to_id("<|im_end|>")
+        && !stop.contains(&id)
+    {
+        stop.push(id);
+    }
+    let train = TrainConfig {
+        group: o.group,
+        sample: SampleConfig {
+            temperature: o.temperature,
+            top_p: o.top_p,
+            max_new_tokens: o.max_new_tokens,
+            stop: stop.clone(),
+        },
+        objective: Objective {
+            clip: o.clip,
+            beta: o.beta,
+        },
+        learning_rate: o.learning_rate,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        advantage_eps: 1e-4,
+    };
+    let mut trainer = Trainer::new(model, train, o.seed)?;
+    let mut state = State {
+        step: 0,
+        rng: o.seed,
+        next_item: 0,
+        rewards: Vec::new(),
+        seconds: 0.0,
+    };
+    if o.resume {
+        let sp = state_path(&o.out);
+        anyhow::ensure!(
+            sp.is_file(),
+            "--resume: no checkpoint in {}",
+            o.out.display()
+        );
+        state = serde_json::from_str(&std::fs::read_to_string(&sp)?)?;
+        adapter::restore(&trainer.model, &adapter::load(&adapter_path(&o.out))?)?;
+        trainer.rng = Rng::new(state.rng);
+        trainer.steps = state.step;
+        eprintln!("resuming at step {}", state.step);
+    }
+    let need = o.steps * o.prompts_per_step;
+    let items = rt.block_on(items_for(o, &scorer, need))?;
+    eprintln!(
+        "{} training items; {} steps of {} prompt(s) x {} completions",
+        items.len(),
+        o.steps,
+        o.prompts_per_step,
+        o.group
+    );
+
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let s = stopping.clone();
+        rt.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nCtrl-C: stopping after this step (the checkpoint is kept)");
+                s.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(&o.out))?;
+    let base_sha = sha256_file(&base)?;
+    let save = |trainer: &Trainer, state: &State, finished: bool| -> anyhow::Result<()> {
+        adapter::save(&trainer.model, &adapter_path(&o.out))?;
+        std::fs::write(state_path(&o.out), serde_json::to_vec_pretty(state)?)?;
+        let first: Vec<f32> = state.rewards.iter().take(10).copied().collect();
+        let last: Vec<f32> = state.rewards.iter().rev().take(10).copied().collect();
+        let mean = |v: &[f32]| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().sum::<f32>() / v.len() as f32
+            }
+        };
+        let card = json!({
+            "kind": "visa-proxy rewriter adapter (LoRA, GRPO)",
+            "finished": finished,
+            "base_model": base.display().to_string(),
+            "base_sha256": base_sha,
+            "lora": {"rank": lora.rank, "alpha": lora.alpha,
+                     "targets": ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]},
+            "options": o,
+            "data": {
+                "sources": o.data.as_ref().map(|d| format!("{}: premises of arguments-training.tsv ({}..{} characters)", d.display(), o.min_source_chars, o.max_source_chars)),
+                "jsonl": o.jsonl.as_ref().map(|p| p.display().to_string()),
+                "items": items.len(),
+                "targets": "the detected vector shifted on 1 or 2 values by 0.2, 0.35 or 0.5 (tolerance 0.1)",
+                "held_out": "arguments-validation.tsv is never used for training",
+            },
+            "reward": {
+                "definition": format!("{} x (precision + cosine) / 2 + {} x integrity; 0 for candidates the rewriter's screening rejects", config.rewriter.value_weight, 1.0 - config.rewriter.value_weight),
+                "first_10_mean": mean(&first),
+                "last_10_mean": mean(&last),
+                "per_step": state.rewards,
+            },
+            "steps": state.step,
+            "seconds": state.seconds,
+            "serve": format!("[llm] adapter = \"{}\"", adapter_path(&o.out).display()),
+        });
+        std::fs::write(card_path(&o.out), serde_json::to_vec_pretty(&card)?)?;
+        Ok(())
+    };
+
+    let mut components_sum = std::collections::BTreeMap::<String, f32>::new();
+    while state.step < o.steps && !stopping.load(Ordering::SeqCst) {
+        let step_started = Instant::now();
+        let chosen: Vec<&(Item, crate::values::ValueVector)> = (0..o.prompts_per_step)
+            .map(|k| &items[(state.next_item + k) % items.len()])
+            .collect();
+        state.next_item = (state.next_item + o.prompts_per_step) % items.len();
+        let prompts: Vec<Vec<u32>> = chosen
+            .iter()
+            .map(|(item, d)| tokenizer.encode(&prompt_text(item, d)))
+            .collect::<anyhow::Result<_>>()?;
+        // Room for the rewrite, as the serving rewriter allows.
+        trainer.config.sample.max_new_tokens = chosen
+            .iter()
+            .map(|(i, _)| crate::rewriter::max_tokens(&config.rewriter, &i.text))
+            .max()
+            .unwrap_or(o.max_new_tokens)
+            .min(o.max_new_tokens);
+        components_sum.clear();
+        let mut reward = |k: usize, g: &Group| -> anyhow::Result<Vec<f32>> {
+            let (item, _) = chosen[k];
+            let profile = item.profile();
+            let mut texts = Vec::new();
+            let mut slots = Vec::new();
+            let mut rewards = vec![0.0f32; g.completions.len()];
+            for (j, c) in g.completions.iter().enumerate() {
+                let raw = tokenizer.decode(c)?;
+                let (text, rejected) = screen(&config.rewriter, &item.text, &raw, g.finished[j]);
+                if rejected.is_none() {
+                    texts.push(text);
+                    slots.push(j);
+                }
+            }
+            *components_sum.entry("rejected".into()).or_default() +=
+                (g.completions.len() - slots.len()) as f32;
+            if !texts.is_empty() {
+                let scored = rt
+                    .block_on(scorer.score(&profile, &item.text, &texts))
+                    .map_err(|e| anyhow::anyhow!("scorer: {}", e.message))?;
+                for (j, s) in slots.iter().zip(&scored.candidates) {
+                    rewards[*j] = s.reward;
+                    *components_sum.entry("precision".into()).or_default() += s.fit.precision;
+                    *components_sum.entry("integrity".into()).or_default() += s.integrity;
+                    *components_sum.entry("distance".into()).or_default() += s.fit.distance;
+                }
+                *components_sum
+                    .entry("original_distance".into())
+                    .or_default() += scored.original.distance * slots.len() as f32;
+            }
+            Ok(rewards)
+        };
+        let mut stats: StepStats = trainer.step(&prompts, &mut reward)?;
+        let n = (o.prompts_per_step * o.group) as f32;
+        let scored = n - components_sum.get("rejected").copied().unwrap_or(0.0);
+        for (k, v) in &components_sum {
+            let denom = if k == "rejected" { n } else { scored.max(1.0) };
+            stats.components.insert(k.clone(), v / denom);
+        }
+        state.step = trainer.steps;
+        state.rng = trainer.rng.state();
+        state.rewards.push(stats.reward_mean);
+        state.seconds += step_started.elapsed().as_secs_f64();
+        writeln!(log, "{}", serde_json::to_string(&stats)?)?;
+        progress(&stats, o.steps, state.seconds);
+        if state.step.is_multiple_of(o.checkpoint_every.max(1)) {
+            save(&trainer, &state, false)?;
+        }
+    }
+    save(&trainer, &state, state.step >= o.steps)?;
+    eprintln!();
+    println!(
+        "wrote {} and {} after {} steps ({:.0} s; {:.0} s in all with loading)",
+        adapter_path(&o.out).display(),
+        card_path(&o.out).display(),
+        state.step,
+        state.seconds,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "serve it with: [llm] adapter = \"{}\"",
+        adapter_path(&o.out).display()
+    );
+    Ok(())
+}
+
+fn progress(s: &StepStats, total: usize, seconds: f64) {
+    let width = 24;
+    let done = (s.step * width / total.max(1)).min(width);
+    let eta = seconds / s.step.max(1) as f64 * total.saturating_sub(s.step) as f64;
+    let c = |k: &str| s.components.get(k).copied().unwrap_or(0.0);
+    eprintln!(
+        "[{}{}] step {}/{} reward {:.3} (precision {:.2} integrity {:.2} rejected {:.0}%) kl {:.4} {:.1} tok/s eta {:.0}s",
+        "#".repeat(done),
+        ".".repeat(width - done),
+        s.step,
+        total,
+        s.reward_mean,
+        c("precision"),
+        c("integrity"),
+        100.0 * c("rejected"),
+        s.kl,
+        s.tokens_per_s,
+        eta
+    );
+}

@@ -1,0 +1,131 @@
+//! `train-rewriter` on the real SmolLM2 base: a few GRPO steps write a loadable adapter, a card
+//! and a log; `--resume` continues; the proxy serves the adapter (`[llm] adapter`) and answers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use support::key_hash;
+use support::proxy::Proxy;
+
+const DATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/touche23-valueeval"
+);
+
+fn data_dir() -> std::path::PathBuf {
+    std::env::var("VISA_TOUCHE_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|_| DATA.into())
+}
+
+fn train(out: &std::path::Path, steps: usize, resume: bool) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_visa-proxy"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["train-rewriter", "--config", "config.toml", "--data"])
+        .arg(data_dir())
+        .arg("--out")
+        .arg(out)
+        .args(["--steps", &steps.to_string()])
+        .args([
+            "--group",
+            "4",
+            "--max-new-tokens",
+            "24",
+            "--checkpoint-every",
+            "1",
+        ])
+        .args(["--max-source-chars", "160"]);
+    if resume {
+        cmd.arg("--resume");
+    }
+    cmd.output().unwrap()
+}
+
+fn log_lines(out: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_writes_a_resumable_adapter_that_the_proxy_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let run = train(&out, 2, false);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("step 2/2"), "progress lines: {stderr}");
+    let log = log_lines(&out);
+    assert_eq!(log.len(), 2);
+    for (k, line) in log.iter().enumerate() {
+        assert_eq!(line["step"], k + 1);
+        let r = line["reward_mean"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&r), "{line}");
+        assert!(line["kl"].as_f64().unwrap() >= 0.0, "{line}");
+        assert!(line["completion_tokens"].as_u64().unwrap() > 0, "{line}");
+        assert!(line["components"]["rejected"].is_number(), "{line}");
+    }
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter.json")).unwrap()).unwrap();
+    assert_eq!(card["steps"], 2);
+    assert_eq!(card["finished"], true);
+    assert_eq!(card["lora"]["rank"], 8);
+    assert_eq!(card["base_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(card["reward"]["per_step"].as_array().unwrap().len(), 2);
+
+    // Resume: one more step, appended to the same log.
+    let run = train(&out, 3, true);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let log = log_lines(&out);
+    assert_eq!(log.len(), 3);
+    assert_eq!(log[2]["step"], 3);
+
+    // The proxy merges the adapter into the base at start and answers through it.
+    let adapter = out.join("adapter.safetensors");
+    let config = format!(
+        r#"
+[llm]
+adapter = "{adapter}"
+max_tokens = 24
+
+[[upstreams]]
+name = "local"
+kind = "local"
+
+[[tenants]]
+id = "home"
+api_key_sha256 = ["{home}"]
+upstreams = ["local"]
+"#,
+        adapter = adapter.display(),
+        home = key_hash("sk-home"),
+    );
+    let proxy = Proxy::start(&config, &[]);
+    assert!(
+        out.join("adapter.merged.gguf").is_file(),
+        "{}",
+        proxy.stderr()
+    );
+    let r = reqwest::Client::new()
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth("sk-home")
+        .json(&json!({"model": "smollm2-135m-instruct", "temperature": 0,
+                      "messages": [{"role": "user", "content": "Say hello."}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!text.trim().is_empty(), "{v}");
+}
