@@ -158,6 +158,30 @@ pub enum Command {
         #[arg(long, default_value_t = 320)]
         max_source_chars: usize,
     },
+    /// Compare rewriters (the base with the prompt only, and each --adapter) on the same
+    /// held-out items: value L2/cosine to the target, distance closed, consistency, JSR,
+    /// shield fallbacks, length, latency. Writes OUT/eval.md and OUT/eval.json.
+    EvalRewriter {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "validation")]
+        split: String,
+        #[arg(long, default_value_t = 30)]
+        items: usize,
+        /// A trained adapter to compare with the base (repeatable).
+        #[arg(long)]
+        adapter: Vec<PathBuf>,
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "runs/eval")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long, default_value_t = 80)]
+        min_source_chars: usize,
+        #[arg(long, default_value_t = 320)]
+        max_source_chars: usize,
+    },
     /// Merge a trained adapter into its base GGUF (re-quantized to Q8_0); the proxy does this
     /// itself for `[llm] adapter`.
     MergeAdapter {
@@ -236,6 +260,27 @@ pub fn run(cli: Cli) -> ExitCode {
             seed,
             resume,
             checkpoint_every,
+            min_source_chars,
+            max_source_chars,
+        }),
+        Command::EvalRewriter {
+            data,
+            split,
+            items,
+            adapter,
+            config,
+            out,
+            seed,
+            min_source_chars,
+            max_source_chars,
+        } => crate::rewriter::eval::run(&crate::rewriter::eval::EvalOptions {
+            config,
+            data,
+            split,
+            items,
+            adapters: adapter,
+            out,
+            seed,
             min_source_chars,
             max_source_chars,
         }),

@@ -1,5 +1,6 @@
 //! `train-rewriter` on the real SmolLM2 base: a few GRPO steps write a loadable adapter, a card
-//! and a log; `--resume` continues; the proxy serves the adapter (`[llm] adapter`) and answers.
+//! and a log; `--resume` continues; the proxy serves the adapter (`[llm] adapter`) and answers;
+//! `eval-rewriter` compares the base and the adapter on the same held-out items.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -128,4 +129,55 @@ upstreams = ["local"]
     let v: Value = r.json().await.unwrap();
     let text = v["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(!text.trim().is_empty(), "{v}");
+    drop(proxy);
+
+    // eval-rewriter: the base and the adapter side by side on the same held-out items.
+    let eval_dir = dir.path().join("eval");
+    let run = Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "eval-rewriter",
+            "--config",
+            "config.toml",
+            "--items",
+            "2",
+            "--data",
+        ])
+        .arg(data_dir())
+        .arg("--adapter")
+        .arg(&adapter)
+        .arg("--out")
+        .arg(&eval_dir)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let md = std::fs::read_to_string(eval_dir.join("eval.md")).unwrap();
+    assert!(md.contains("| base (prompt only) | 2 |"), "{md}");
+    assert!(md.contains("| GRPO adapter "), "{md}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("eval.json")).unwrap())
+            .unwrap();
+    let rows = report["summaries"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        for k in ["jsr", "jsr_strict", "fallback", "consistency"] {
+            let x = r[k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&x), "{k}: {r}");
+        }
+        assert!(r["l2_before"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // Both rewriters saw the same items.
+    let ids = |k: usize| -> Vec<String> {
+        report["details"][k]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(0), ids(1));
 }

@@ -1,0 +1,316 @@
+//! `visa-proxy eval-rewriter`: rewriters side by side on the same held-out items (Touché23's
+//! validation premises with targets made as for training): value L2 and cosine to the target,
+//! how much of the distance a rewrite closes, semantic consistency both ways, the paper's Joint
+//! Success Rate and a stricter one, how often the shield would fall back, length ratio and
+//! latency. Each rewriter is the serving path: mistral.rs with the base GGUF, or with a trained
+//! adapter merged in, the serving prompt, one greedy candidate, the serving screening.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Decision, RewriteBackend, Rewriter};
+use crate::config::Config;
+use crate::grpo::data::{self, Item};
+use crate::grpo::sample::Rng;
+use crate::models::llm::{LlmEngine, LlmStats};
+use crate::score::{Scorer, facts};
+
+/// The paper's thresholds: L2 below this and consistency above [`JSR_CONSISTENCY`].
+pub const JSR_L2: f32 = 0.8;
+pub const JSR_CONSISTENCY: f32 = 0.3;
+/// Stricter success: consistency above this and at least half the distance closed.
+pub const STRICT_CONSISTENCY: f32 = 0.6;
+pub const STRICT_CLOSED: f32 = 0.5;
+
+pub struct EvalOptions {
+    pub config: PathBuf,
+    pub data: PathBuf,
+    pub split: String,
+    pub items: usize,
+    /// Adapters to compare with the base (each one rewriter).
+    pub adapters: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub min_source_chars: usize,
+    pub max_source_chars: usize,
+}
+
+/// One item under one rewriter.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemResult {
+    pub id: String,
+    pub text: String,
+    pub target: std::collections::BTreeMap<crate::values::ValueId, f32>,
+    pub rewrite: String,
+    /// Why the screening refused the candidate (the output is then the original).
+    pub rejected: Option<String>,
+    pub l2_before: f32,
+    pub l2: f32,
+    pub cosine: f32,
+    pub closed: f32,
+    pub consistency: f32,
+    pub shield_passed: bool,
+    pub length_ratio: f32,
+    pub generate_ms: f64,
+}
+
+/// One rewriter's summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub rewriter: String,
+    pub items: usize,
+    pub l2: f32,
+    pub l2_before: f32,
+    pub cosine: f32,
+    /// Mean share of the original's distance to the target that the rewrite closed.
+    pub closed: f32,
+    pub consistency: f32,
+    pub jsr: f32,
+    pub jsr_strict: f32,
+    /// Share of items where the serving shield would return the fallback.
+    pub fallback: f32,
+    pub rejected: f32,
+    pub length_ratio: f32,
+    pub generate_ms_p50: f64,
+}
+
+fn mean(v: impl Iterator<Item = f32>) -> f32 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 { 0.0 } else { s / n as f32 }
+}
+
+pub fn summarize(name: &str, r: &[ItemResult]) -> Summary {
+    let share = |f: &dyn Fn(&ItemResult) -> bool| mean(r.iter().map(|x| f(x) as u8 as f32));
+    let mut ms: Vec<f64> = r.iter().map(|x| x.generate_ms).collect();
+    ms.sort_by(f64::total_cmp);
+    Summary {
+        rewriter: name.to_owned(),
+        items: r.len(),
+        l2: mean(r.iter().map(|x| x.l2)),
+        l2_before: mean(r.iter().map(|x| x.l2_before)),
+        cosine: mean(r.iter().map(|x| x.cosine)),
+        closed: mean(r.iter().map(|x| x.closed)),
+        consistency: mean(r.iter().map(|x| x.consistency)),
+        jsr: share(&|x| x.l2 < JSR_L2 && x.consistency > JSR_CONSISTENCY),
+        jsr_strict: share(&|x| x.consistency > STRICT_CONSISTENCY && x.closed >= STRICT_CLOSED),
+        fallback: share(&|x| !x.shield_passed),
+        rejected: share(&|x| x.rejected.is_some()),
+        length_ratio: mean(r.iter().map(|x| x.length_ratio)),
+        generate_ms_p50: ms.get(ms.len() / 2).copied().unwrap_or(0.0),
+    }
+}
+
+/// The markdown table.
+pub fn table(rows: &[Summary]) -> String {
+    let mut s = String::from(
+        "| rewriter | items | L2 before | L2 after | cosine | distance closed | consistency | JSR (L2<0.8, cons>0.3) | strict (cons>0.6, closed>=50%) | shield fallback | rejected | length ratio | generate p50 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.1}% | {:.3} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.2} | {:.0} ms |\n",
+            r.rewriter,
+            r.items,
+            r.l2_before,
+            r.l2,
+            r.cosine,
+            100.0 * r.closed,
+            r.consistency,
+            100.0 * r.jsr,
+            100.0 * r.jsr_strict,
+            100.0 * r.fallback,
+            100.0 * r.rejected,
+            r.length_ratio,
+            r.generate_ms_p50
+        ));
+    }
+    s
+}
+
+/// Held-out items: the split's premises with targets (seeded, as training makes them).
+async fn held_out(
+    o: &EvalOptions,
+    scorer: &Scorer,
+) -> anyhow::Result<Vec<(Item, crate::values::ValueVector)>> {
+    let mut sources = data::touche_sources(
+        &o.data,
+        &o.split,
+        o.min_source_chars,
+        o.max_source_chars,
+        o.seed,
+    )?;
+    sources.truncate(o.items);
+    anyhow::ensure!(!sources.is_empty(), "no items in the {} split", o.split);
+    let texts: Vec<String> = sources.iter().map(|(_, t)| t.clone()).collect();
+    let (d, _) = scorer
+        .detector
+        .detect(&texts)
+        .await
+        .map_err(|e| anyhow::anyhow!("detector: {}", e.message))?;
+    let mut rng = Rng::new(o.seed ^ 0x0000_E7A1_u64);
+    Ok(sources
+        .into_iter()
+        .zip(d)
+        .map(|((id, text), d)| {
+            let target = data::make_target(&d.values, &mut rng);
+            (Item { id, text, target }, d.values)
+        })
+        .collect())
+}
+
+async fn evaluate(
+    rewriter: &Rewriter,
+    items: &[(Item, crate::values::ValueVector)],
+) -> anyhow::Result<Vec<ItemResult>> {
+    let mut out = Vec::with_capacity(items.len());
+    for (item, _) in items {
+        let profile = item.profile();
+        let (fits, _) = rewriter
+            .scorer
+            .fit(&profile, std::slice::from_ref(&item.text))
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let before = fits
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no detection"))?;
+        let r = rewriter
+            .rewrite_from(&profile, &item.text, None, before.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("rewrite: {}", e.message))?;
+        let c = r.candidates.first();
+        let rejected = c.and_then(|c| c.rejected.map(|j| format!("{j:?}")));
+        let (rewrite, l2, cosine, consistency) =
+            match c.and_then(|c| c.score.as_ref().map(|s| (c, s))) {
+                Some((c, s)) => {
+                    // Both ways: facts of the rewrite must be in the original too (nothing invented).
+                    let back = facts::check(&c.text, &item.text).fraction();
+                    (
+                        c.text.clone(),
+                        s.fit.distance,
+                        s.fit.cosine,
+                        s.integrity.min(s.similarity * back),
+                    )
+                }
+                // Nothing usable: the proxy returns the original.
+                None => (item.text.clone(), before.distance, before.cosine, 1.0),
+            };
+        let closed = if before.distance > 0.0 {
+            ((before.distance - l2) / before.distance).max(-1.0)
+        } else {
+            0.0
+        };
+        out.push(ItemResult {
+            id: item.id.clone(),
+            text: item.text.clone(),
+            target: item.target.clone(),
+            length_ratio: rewrite.chars().count() as f32 / item.text.chars().count().max(1) as f32,
+            rewrite,
+            rejected,
+            l2_before: before.distance,
+            l2,
+            cosine,
+            closed,
+            consistency,
+            shield_passed: r.decision == Decision::Rewritten,
+            generate_ms: r.generate_ms,
+        });
+    }
+    Ok(out)
+}
+
+pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
+    let config = Config::load(&o.config, None)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", o.config.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let models = crate::server::ValueModels::load(&config.models, crate::models::service::ServiceStats::default()).await?;
+        let scorer = || Scorer {
+            detector: models.detector.clone(),
+            encoder: models.semantic.clone(),
+            value_weight: config.rewriter.value_weight,
+        };
+        let items = held_out(o, &scorer()).await?;
+        eprintln!("{} held-out items from the {} split", items.len(), o.split);
+        let mut rewriters: Vec<(String, Option<PathBuf>)> = vec![("base (prompt only)".into(), None)];
+        for a in &o.adapters {
+            rewriters.push((format!("GRPO adapter {}", a.display()), Some(a.clone())));
+        }
+        let mut summaries = Vec::new();
+        let mut details = Vec::new();
+        for (name, adapter) in rewriters {
+            let mut llm = config.llm.clone();
+            llm.adapter = adapter.map(|a| a.display().to_string());
+            let engine = Arc::new(LlmEngine::load(&llm, LlmStats::default()).await?);
+            let mut rc = config.rewriter.clone();
+            rc.candidates = 1;
+            let rewriter = Rewriter {
+                backend: RewriteBackend::Local(engine),
+                scorer: scorer(),
+                config: rc,
+            };
+            eprintln!("evaluating {name} ...");
+            let results = evaluate(&rewriter, &items).await?;
+            let s = summarize(&name, &results);
+            eprintln!("{}", table(std::slice::from_ref(&s)));
+            summaries.push(s);
+            details.push(json!({"rewriter": name, "items": results}));
+        }
+        std::fs::create_dir_all(&o.out)?;
+        let md = format!(
+            "Held-out: {} items of the {} split ({}..{} characters, seed {}); targets: the detected vector shifted on 1-2 values by 0.2/0.35/0.5. Consistency: min over both directions of encoder similarity x share of facts kept. One greedy candidate per rewriter, the serving prompt and screening; a rejected candidate counts as the original.\n\n{}",
+            items.len(), o.split, o.min_source_chars, o.max_source_chars, o.seed, table(&summaries)
+        );
+        std::fs::write(o.out.join("eval.md"), &md)?;
+        std::fs::write(
+            o.out.join("eval.json"),
+            serde_json::to_vec_pretty(&json!({"summaries": summaries, "details": details}))?,
+        )?;
+        println!("{md}");
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(l2_before: f32, l2: f32, consistency: f32, passed: bool) -> ItemResult {
+        ItemResult {
+            id: "x".into(),
+            text: "t".into(),
+            target: Default::default(),
+            rewrite: "u".into(),
+            rejected: None,
+            l2_before,
+            l2,
+            cosine: 0.5,
+            closed: (l2_before - l2) / l2_before,
+            consistency,
+            shield_passed: passed,
+            length_ratio: 1.0,
+            generate_ms: 10.0,
+        }
+    }
+
+    #[test]
+    fn joint_success_follows_the_paper_and_the_stricter_rule() {
+        let rows = [
+            r(0.5, 0.2, 0.9, true),   // both
+            r(0.5, 0.45, 0.9, true),  // JSR only: closed 10%
+            r(0.9, 0.85, 0.9, false), // neither: L2 >= 0.8, closed < 50%
+            r(0.5, 0.1, 0.2, false),  // neither: inconsistent
+        ];
+        let s = summarize("t", &rows);
+        assert_eq!(s.items, 4);
+        assert!((s.jsr - 0.5).abs() < 1e-6, "{s:?}");
+        assert!((s.jsr_strict - 0.25).abs() < 1e-6, "{s:?}");
+        assert!((s.fallback - 0.5).abs() < 1e-6);
+        assert!(table(&[s]).contains("| t | 4 |"));
+    }
+}
