@@ -132,20 +132,7 @@ pub fn merge_into_gguf(
         adapter.layers.len(),
         base.display()
     );
-    let mut metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    metadata.sort_by(|a, b| a.0.cmp(b.0));
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let tmp = output.with_extension(format!("partial-{}", std::process::id()));
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        gguf_file::write(&mut w, &metadata, &refs)?;
-        std::io::Write::flush(&mut w)?;
-    }
-    std::fs::rename(&tmp, output)?;
+    crate::models::gguf_convert::write_gguf(&content.metadata, &tensors, output)?;
     Ok(Merged {
         tensors: tensors.len(),
         adapted,

@@ -33,15 +33,25 @@ pub fn convert(input: &Path, output: &Path, to: GgmlDType) -> Result<Converted> 
         };
         tensors.push((name.clone(), t));
     }
-    let mut metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    metadata.sort_by(|a, b| a.0.cmp(b.0));
+    write_gguf(&content.metadata, &tensors, output)?;
+    Ok(Converted {
+        tensors: tensors.len(),
+        converted,
+    })
+}
+
+/// Write a GGUF file with `metadata` (sorted by key) and `tensors`, through a private temporary
+/// file renamed into place: processes writing the same file at the same time each write their
+/// own and the last rename wins with identical content.
+pub fn write_gguf(
+    metadata: &std::collections::HashMap<String, gguf_file::Value>,
+    tensors: &[(String, QTensor)],
+    output: &Path,
+) -> Result<()> {
+    let mut md: Vec<(&str, &gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    md.sort_by(|a, b| a.0.cmp(b.0));
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    // A private temporary file, renamed into place: processes converting at the same time
-    // each write their own and the last rename wins with identical content.
     let tmp = output.with_extension(format!(
         "partial-{}-{}",
         std::process::id(),
@@ -52,12 +62,9 @@ pub fn convert(input: &Path, output: &Path, to: GgmlDType) -> Result<Converted> 
     ));
     {
         let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        gguf_file::write(&mut w, &metadata, &refs)?;
+        gguf_file::write(&mut w, &md, &refs)?;
         std::io::Write::flush(&mut w)?;
     }
     std::fs::rename(&tmp, output)?;
-    Ok(Converted {
-        tensors: tensors.len(),
-        converted,
-    })
+    Ok(())
 }
