@@ -107,81 +107,11 @@ pub enum Command {
     /// Train the rewriter with GRPO: LoRA adapters on the base GGUF model, rewarded by the
     /// proxy's own scorer. Writes OUT/adapter.safetensors, its card OUT/adapter.json, OUT/log.jsonl
     /// and checkpoints (--resume continues; Ctrl-C stops after the current step).
-    TrainRewriter {
-        /// Touché23 folder: the premises of arguments-training.tsv are the sources.
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// A JSONL of {"text", "target": {"value": score}} items (with or instead of --data).
-        #[arg(long)]
-        jsonl: Option<PathBuf>,
-        /// The proxy config: value models, rewriter settings, [llm] model (the base).
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
-        /// The base GGUF (default: the config's [llm] model).
-        #[arg(long)]
-        base: Option<PathBuf>,
-        #[arg(long, default_value = "runs/rewriter")]
-        out: PathBuf,
-        #[arg(long, default_value_t = 50)]
-        steps: usize,
-        /// Completions sampled per prompt (G).
-        #[arg(long, default_value_t = 4)]
-        group: usize,
-        #[arg(long, default_value_t = 1)]
-        prompts_per_step: usize,
-        #[arg(long, default_value_t = 96)]
-        max_new_tokens: usize,
-        #[arg(long, default_value_t = 0.9)]
-        temperature: f64,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f64,
-        #[arg(long, default_value_t = 2e-4)]
-        learning_rate: f64,
-        /// Weight of the KL penalty to the base.
-        #[arg(long, default_value_t = 0.04)]
-        beta: f64,
-        /// Clip range of the probability ratio.
-        #[arg(long, default_value_t = 0.2)]
-        clip: f64,
-        #[arg(long, default_value_t = 8)]
-        rank: usize,
-        #[arg(long, default_value_t = 16.0)]
-        alpha: f64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long)]
-        resume: bool,
-        #[arg(long, default_value_t = 10)]
-        checkpoint_every: usize,
-        #[arg(long, default_value_t = 80)]
-        min_source_chars: usize,
-        #[arg(long, default_value_t = 320)]
-        max_source_chars: usize,
-    },
+    TrainRewriter(crate::grpo::command::TrainOptions),
     /// Compare rewriters (the base with the prompt only, and each --adapter) on the same
     /// held-out items: value L2/cosine to the target, distance closed, consistency, JSR,
     /// shield fallbacks, length, latency. Writes OUT/eval.md and OUT/eval.json.
-    EvalRewriter {
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long, default_value = "validation")]
-        split: String,
-        #[arg(long, default_value_t = 30)]
-        items: usize,
-        /// A trained adapter to compare with the base (repeatable).
-        #[arg(long)]
-        adapter: Vec<PathBuf>,
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
-        #[arg(long, default_value = "runs/eval")]
-        out: PathBuf,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        #[arg(long, default_value_t = 80)]
-        min_source_chars: usize,
-        #[arg(long, default_value_t = 320)]
-        max_source_chars: usize,
-    },
+    EvalRewriter(crate::rewriter::eval::EvalOptions),
     /// Merge a trained adapter into its base GGUF (re-quantized to Q8_0); the proxy does this
     /// itself for `[llm] adapter`.
     MergeAdapter {
@@ -218,72 +148,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(())
         }
         Command::Healthcheck { url } => healthcheck(&url),
-        Command::TrainRewriter {
-            data,
-            jsonl,
-            config,
-            base,
-            out,
-            steps,
-            group,
-            prompts_per_step,
-            max_new_tokens,
-            temperature,
-            top_p,
-            learning_rate,
-            beta,
-            clip,
-            rank,
-            alpha,
-            seed,
-            resume,
-            checkpoint_every,
-            min_source_chars,
-            max_source_chars,
-        } => crate::grpo::command::run(&crate::grpo::command::TrainOptions {
-            config,
-            data,
-            jsonl,
-            base,
-            out,
-            steps,
-            group,
-            prompts_per_step,
-            max_new_tokens,
-            temperature,
-            top_p,
-            learning_rate,
-            beta,
-            clip,
-            rank,
-            alpha,
-            seed,
-            resume,
-            checkpoint_every,
-            min_source_chars,
-            max_source_chars,
-        }),
-        Command::EvalRewriter {
-            data,
-            split,
-            items,
-            adapter,
-            config,
-            out,
-            seed,
-            min_source_chars,
-            max_source_chars,
-        } => crate::rewriter::eval::run(&crate::rewriter::eval::EvalOptions {
-            config,
-            data,
-            split,
-            items,
-            adapters: adapter,
-            out,
-            seed,
-            min_source_chars,
-            max_source_chars,
-        }),
+        Command::TrainRewriter(o) => crate::grpo::command::run(&o),
+        Command::EvalRewriter(o) => crate::rewriter::eval::run(&o),
         Command::MergeAdapter {
             adapter,
             base,

@@ -169,7 +169,16 @@ upstreams = ["local"]
             assert!((0.0..=1.0).contains(&x), "{k}: {r}");
         }
         assert!(r["l2_before"].as_f64().unwrap() > 0.0, "{r}");
+        // The independent second scorer measured the same items.
+        assert!(r["second_l2_before"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["second_closed"].as_f64().unwrap() >= -1.0, "{r}");
     }
+    // The second scorer is a real classifier of the data, reported with its validation F1.
+    let f1 = report["second_scorer"]["validation"]["macro_f1_values"]
+        .as_f64()
+        .unwrap();
+    assert!(f1 > 0.3, "second scorer macro-F1 over the values: {f1}");
+    assert!(md.contains("2nd scorer"), "{md}");
     // Both rewriters saw the same items.
     let ids = |k: usize| -> Vec<String> {
         report["details"][k]["items"]

@@ -247,7 +247,7 @@ fn embed_cached(
 }
 
 /// A deterministic split of argument ids: true = held out.
-fn held_out(id: &str, share: f64) -> bool {
+pub(crate) fn held_out(id: &str, share: f64) -> bool {
     let h = sha256_hex(id.as_bytes());
     let x = u32::from_str_radix(&h[..8], 16).unwrap_or(0) as f64 / u32::MAX as f64;
     x < share

@@ -26,32 +26,62 @@ use crate::models::gguf_tokenizer::GgufTokenizer;
 use crate::rewriter::{prompt, screen};
 use crate::score::Scorer;
 
-#[derive(Debug, Clone, Serialize)]
+/// `train-rewriter`'s options (also the command line's, by `clap`).
+#[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct TrainOptions {
-    /// The proxy's config: models, rewriter settings and `[llm] model` (the base).
-    pub config: PathBuf,
-    /// Touché23 folder (sources: the premises of `arguments-training.tsv`).
+    /// Touché23 folder: the premises of arguments-training.tsv are the sources.
+    #[arg(long)]
     pub data: Option<PathBuf>,
-    /// A JSONL of `{text, target}` items, used instead of (or without) `data`.
+    /// A JSONL of {"text", "target": {"value": score}} items (with or instead of --data).
+    #[arg(long)]
     pub jsonl: Option<PathBuf>,
-    /// The base GGUF; default: the config's `[llm] model`.
+    /// The proxy config: value models, rewriter settings, [llm] model (the base).
+    #[arg(long, default_value = "config.toml")]
+    pub config: PathBuf,
+    /// The base GGUF (default: the config's [llm] model).
+    #[arg(long)]
     pub base: Option<PathBuf>,
+    #[arg(long, default_value = "runs/rewriter")]
     pub out: PathBuf,
+    #[arg(long, default_value_t = 50)]
     pub steps: usize,
+    /// Completions sampled per prompt (G).
+    #[arg(long, default_value_t = 4)]
     pub group: usize,
+    #[arg(long, default_value_t = 1)]
     pub prompts_per_step: usize,
+    #[arg(long, default_value_t = 96)]
     pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 0.9)]
     pub temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
+    #[arg(long, default_value_t = 2e-4)]
     pub learning_rate: f64,
+    /// Weight of the KL penalty to the base.
+    #[arg(long, default_value_t = 0.04)]
     pub beta: f64,
+    /// Clip range of the probability ratio.
+    #[arg(long, default_value_t = 0.2)]
     pub clip: f64,
+    /// Weight of value precision in the reward, the rest being semantic integrity (default:
+    /// the config's `[rewriter] value_weight`, the serving weight). Serve the adapter with the
+    /// same weight for candidate choice to match what it was trained on.
+    #[arg(long)]
+    pub value_weight: Option<f32>,
+    #[arg(long, default_value_t = 8)]
     pub rank: usize,
+    #[arg(long, default_value_t = 16.0)]
     pub alpha: f64,
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    #[arg(long)]
     pub resume: bool,
+    #[arg(long, default_value_t = 10)]
     pub checkpoint_every: usize,
+    #[arg(long, default_value_t = 80)]
     pub min_source_chars: usize,
+    #[arg(long, default_value_t = 320)]
     pub max_source_chars: usize,
 }
 
@@ -180,8 +210,13 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
     let scorer = Scorer {
         detector: models.detector.clone(),
         encoder: models.semantic.clone(),
-        value_weight: config.rewriter.value_weight,
+        value_weight: o.value_weight.unwrap_or(config.rewriter.value_weight),
+        integrity_floor: config.rewriter.min_integrity,
     };
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&scorer.value_weight),
+        "--value-weight must be in [0, 1]"
+    );
     eprintln!("loading the base model {} ...", base.display());
     let tokenizer = GgufTokenizer::from_gguf(&base)?;
     let mut model = Llama::from_gguf(&base, &Device::Cpu)?;
@@ -190,7 +225,6 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
         alpha: o.alpha,
     };
     model.add_lora(lora, o.seed)?;
-    model.quantize_for_sampling()?;
     let mut stop = vec![tokenizer.eos];
     if let Some(id) = tokenizer.tokenizer.token_to_id("<|im_end|>")
         && !stop.contains(&id)
@@ -288,7 +322,7 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
                 "held_out": "arguments-validation.tsv is never used for training",
             },
             "reward": {
-                "definition": format!("{} x (precision + cosine) / 2 + {} x integrity; 0 for candidates the rewriter's screening rejects", config.rewriter.value_weight, 1.0 - config.rewriter.value_weight),
+                "definition": format!("{} x progress + {} x integrity (progress: share of the original's distance to the target closed, no credit below integrity {}); 0 for candidates the rewriter's screening rejects", scorer.value_weight, 1.0 - scorer.value_weight, scorer.integrity_floor),
                 "first_10_mean": mean(&first),
                 "last_10_mean": mean(&last),
                 "per_step": state.rewards,
@@ -343,6 +377,7 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
                 for (j, s) in slots.iter().zip(&scored.candidates) {
                     rewards[*j] = s.reward;
                     *components_sum.entry("precision".into()).or_default() += s.fit.precision;
+                    *components_sum.entry("progress".into()).or_default() += s.progress;
                     *components_sum.entry("integrity".into()).or_default() += s.integrity;
                     *components_sum.entry("distance".into()).or_default() += s.fit.distance;
                 }
@@ -392,13 +427,13 @@ fn progress(s: &StepStats, total: usize, seconds: f64) {
     let eta = seconds / s.step.max(1) as f64 * total.saturating_sub(s.step) as f64;
     let c = |k: &str| s.components.get(k).copied().unwrap_or(0.0);
     eprintln!(
-        "[{}{}] step {}/{} reward {:.3} (precision {:.2} integrity {:.2} rejected {:.0}%) kl {:.4} {:.1} tok/s eta {:.0}s",
+        "[{}{}] step {}/{} reward {:.3} (progress {:.2} integrity {:.2} rejected {:.0}%) kl {:.4} {:.1} tok/s eta {:.0}s",
         "#".repeat(done),
         ".".repeat(width - done),
         s.step,
         total,
         s.reward_mean,
-        c("precision"),
+        c("progress"),
         c("integrity"),
         100.0 * c("rejected"),
         s.kl,

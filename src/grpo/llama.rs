@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
-use candle_core::{D, DType, Device, Module, Result, Tensor, Var};
+use candle_core::quantized::gguf_file;
+use candle_core::{D, DType, Device, Result, Tensor, Var};
 
-use super::lora::{Linear, LoraConfig, seeded_normal};
+use super::lora::{Linear, LoraConfig, matmul_t, seeded_normal};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -94,8 +94,6 @@ pub struct Llama {
     norm: Tensor,
     /// None: tied to the embedding.
     lm_head: Option<Tensor>,
-    /// The output head quantized for sampling.
-    head_q: Option<QMatMul>,
     device: Device,
 }
 
@@ -105,7 +103,7 @@ enum Mode {
     Policy,
     /// The frozen base.
     Reference,
-    /// Base (quantized when prepared) plus adapters, no gradients.
+    /// Base plus adapters (merged when prepared), no gradients.
     Sampling,
 }
 
@@ -161,7 +159,6 @@ impl Llama {
             blocks,
             norm: Tensor::ones(c.hidden, DType::F32, device)?,
             lm_head: None,
-            head_q: None,
             device: device.clone(),
             config,
         })
@@ -250,7 +247,6 @@ impl Llama {
             blocks,
             norm,
             lm_head,
-            head_q: None,
             device: device.clone(),
         })
     }
@@ -323,16 +319,12 @@ impl Llama {
         Ok((f.cos()?, f.sin()?))
     }
 
-    /// Keep Q8_0 copies of the projections and the output head for sampling.
-    pub fn quantize_for_sampling(&mut self) -> Result<()> {
+    /// Merge each adapter into a copy of its projection for sampling
+    /// ([`Linear::prepare_sampling`]); the trainer does this before every step.
+    pub fn prepare_sampling(&mut self) -> Result<()> {
         for (_, lin) in self.linears_mut() {
-            lin.quantize(GgmlDType::Q8_0)?;
+            lin.prepare_sampling()?;
         }
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        self.head_q = Some(QMatMul::from_qtensor(QTensor::quantize(
-            head,
-            GgmlDType::Q8_0,
-        )?)?);
         Ok(())
     }
 
@@ -352,18 +344,14 @@ impl Llama {
         self.hidden_in(ids, cache, mode)
     }
 
-    /// Hidden states for sampling: quantized base weights (when prepared) plus the adapters,
-    /// no gradients.
+    /// Hidden states for sampling: the merged weights (when prepared), no gradients.
     pub fn hidden_sampling(&self, ids: &Tensor, cache: &mut Cache) -> Result<Tensor> {
         self.hidden_in(ids, Some(cache), Mode::Sampling)
     }
 
-    /// Logits for sampling (the quantized head when prepared).
+    /// Logits for sampling, no gradients.
     pub fn logits_sampling(&self, hidden: &Tensor) -> Result<Tensor> {
-        match &self.head_q {
-            Some(q) => q.forward(hidden),
-            None => Ok(self.logits(hidden)?.detach()),
-        }
+        Ok(self.logits(hidden)?.detach())
     }
 
     fn hidden_in(&self, ids: &Tensor, mut cache: Option<&mut Cache>, mode: Mode) -> Result<Tensor> {
@@ -454,14 +442,10 @@ impl Llama {
         rms_norm(&x, &self.norm, c.rms_eps)
     }
 
-    /// Logits `[B, T, vocab]` of hidden states.
+    /// Logits `[B, T, vocab]` of hidden states (the head is frozen: no gradient for it).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let (b, t, h) = hidden.dims3()?;
-        hidden
-            .reshape((b * t, h))?
-            .matmul(&head.t()?)?
-            .reshape((b, t, ()))
+        matmul_t(hidden, head, true)
     }
 
     /// Log-probabilities of a group's completions `[G, T]` after one shared prompt, `[G, T]`:

@@ -1,8 +1,9 @@
 //! LoRA (Hu et al., 2021): a frozen linear layer `W` plus a trainable low-rank update
 //! `scale * B A`, with `A` random and `B` zero at the start so training begins at the base.
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_core::{
+    CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor, Var,
+};
 
 /// Rank, scale and which projections get adapters.
 #[derive(Debug, Clone, Copy)]
@@ -26,12 +27,65 @@ pub struct LoraAdapter {
     pub scale: f64,
 }
 
+/// `x W^T` for a frozen `W` whose backward pass returns the gradient of `x` only. candle's
+/// matmul backward also computes `x^T grad` for the weight whether or not anything needs it,
+/// as much work again as the forward pass, for every frozen projection and the output head.
+struct FrozenMatmul(Tensor);
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: strided input".into()))?;
+        let x = Tensor::from_slice(
+            &storage.as_slice::<f32>()?[start..end],
+            layout.shape(),
+            &Device::Cpu,
+        )?;
+        let y = x.matmul(&self.0.t()?)?;
+        let shape = y.shape().clone();
+        let (out, l) = y.storage_and_layout();
+        match &*out {
+            Storage::Cpu(c) if l.start_offset() == 0 && l.is_contiguous() => Ok((c.clone(), shape)),
+            _ => Err(candle_core::Error::Msg(
+                "frozen-matmul: unexpected output layout".into(),
+            )),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.0)?))
+    }
+}
+
+/// `x W^T` over all leading dimensions of `x`, as one 2-D matmul (a broadcast batch matmul
+/// would copy the weight once per batch entry). `frozen`: gradients flow to `x` only.
+pub fn matmul_t(x: &Tensor, w: &Tensor, frozen: bool) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let inp = dims.last().copied().unwrap_or(0);
+    let x2 = x.reshape(((), inp))?;
+    let y = if frozen && x.device().is_cpu() && x.dtype() == DType::F32 {
+        x2.contiguous()?.apply_op1(FrozenMatmul(w.clone()))?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
+    let mut out = dims;
+    if let Some(last) = out.last_mut() {
+        *last = y.dim(1)?;
+    }
+    y.reshape(out)
+}
+
 /// A linear layer `y = x W^T (+ scale x A^T B^T)`; `W` is `[out, in]` and never trained.
 pub struct Linear {
     pub weight: Tensor,
     pub lora: Option<LoraAdapter>,
-    /// A quantized copy of `weight` for sampling (no gradients needed there).
-    quantized: Option<QMatMul>,
+    /// `W + scale B A` as of the last [`Linear::prepare_sampling`], for sampling.
+    sampling: Option<Tensor>,
 }
 
 impl Linear {
@@ -39,34 +93,24 @@ impl Linear {
         Self {
             weight,
             lora: None,
-            quantized: None,
+            sampling: None,
         }
     }
 
-    /// Keep a quantized copy of the base weight for [`Linear::forward_sampling`].
-    pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
-        let q = QTensor::quantize(&self.weight, dtype)?;
-        self.quantized = Some(QMatMul::from_qtensor(q)?);
+    /// Merge the adapter into a copy of the weight for [`Linear::forward_sampling`]: one matmul
+    /// per projection when decoding instead of three and their sum. Stale once the adapter
+    /// changes: call again after every update.
+    pub fn prepare_sampling(&mut self) -> Result<()> {
+        self.sampling = Some(self.merged()?.detach());
         Ok(())
     }
 
-    /// The forward pass for sampling: the quantized base (when there is one; 4x less memory
-    /// to read per token) plus the adapter, without gradients.
+    /// The forward pass for sampling, without gradients: the merged weight when prepared,
+    /// else base plus adapter.
     pub fn forward_sampling(&self, x: &Tensor) -> Result<Tensor> {
-        // Many rows at once (a prompt) go faster through the f32 matmul than row by row
-        // through the quantized dot products.
-        let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
-        let (Some(q), true) = (&self.quantized, rows <= 16) else {
-            return Ok(self.forward(x, true)?.detach());
-        };
-        let y = q.forward(x)?;
-        match &self.lora {
-            Some(l) => {
-                let low = x.broadcast_matmul(&l.a.as_tensor().detach().t()?)?;
-                let up = low.broadcast_matmul(&l.b.as_tensor().detach().t()?)?;
-                y + (up * l.scale)?
-            }
-            None => Ok(y),
+        match &self.sampling {
+            Some(w) => matmul_t(x, w, false),
+            None => Ok(self.forward(x, true)?.detach()),
         }
     }
 
@@ -88,22 +132,15 @@ impl Linear {
 
     /// `with_lora = false` gives the frozen base (the reference policy).
     pub fn forward(&self, x: &Tensor, with_lora: bool) -> Result<Tensor> {
-        // One 2-D matmul over all leading dimensions (a broadcast batch matmul would copy the
-        // weight once per batch entry).
-        let dims = x.dims().to_vec();
-        let inp = dims.last().copied().unwrap_or(0);
-        let x2 = x.reshape(((), inp))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
-        if let (Some(l), true) = (&self.lora, with_lora) {
-            let low = x2.matmul(&l.a.as_tensor().t()?)?;
-            let up = low.matmul(&l.b.as_tensor().t()?)?;
-            y = (y + (up * l.scale)?)?;
+        match (&self.lora, with_lora) {
+            (Some(l), true) => {
+                let y = matmul_t(x, &self.weight, true)?;
+                let low = matmul_t(x, l.a.as_tensor(), false)?;
+                let up = matmul_t(&low, l.b.as_tensor(), false)?;
+                y + (up * l.scale)?
+            }
+            _ => matmul_t(x, &self.weight, false),
         }
-        let mut out = dims;
-        if let Some(last) = out.last_mut() {
-            *last = y.dim(1)?;
-        }
-        y.reshape(out)
     }
 
     /// `W + scale B A`: the merged weight, for export.
@@ -199,6 +236,67 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert!(moved > 0.0);
+    }
+
+    #[test]
+    fn frozen_matmul_matches_matmul_in_values_and_input_gradients() {
+        let dev = Device::Cpu;
+        let w = seeded_normal(&[5, 4], 1.0, 11, &dev).unwrap();
+        let x = Var::from_tensor(&seeded_normal(&[2, 3, 4], 1.0, 12, &dev).unwrap()).unwrap();
+        let target = seeded_normal(&[2, 3, 5], 1.0, 13, &dev).unwrap();
+        let run = |frozen: bool| {
+            let y = matmul_t(x.as_tensor(), &w, frozen).unwrap();
+            let loss = (&y - &target).unwrap().sqr().unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let gx: Vec<f32> = grads
+                .get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            (y, gx)
+        };
+        let (y0, g0) = run(false);
+        let (y1, g1) = run(true);
+        for (a, b) in y0.iter().zip(&y1).chain(g0.iter().zip(&g1)) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert!(g1.iter().any(|g| g.abs() > 1e-3));
+    }
+
+    #[test]
+    fn sampling_uses_the_merged_weight_of_the_current_adapter() {
+        let dev = Device::Cpu;
+        let mut lin = Linear::new(seeded_normal(&[6, 4], 1.0, 1, &dev).unwrap());
+        lin.add_lora(
+            LoraConfig {
+                rank: 2,
+                alpha: 4.0,
+            },
+            &dev,
+            7,
+        )
+        .unwrap();
+        let l = lin.lora.as_ref().unwrap();
+        l.b.set(&seeded_normal(&[6, 2], 0.5, 3, &dev).unwrap())
+            .unwrap();
+        let x = seeded_normal(&[1, 3, 4], 1.0, 2, &dev).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let policy = lin.forward(&x, true).unwrap();
+        assert!(diff(&lin.forward_sampling(&x).unwrap(), &policy) < 1e-5);
+        lin.prepare_sampling().unwrap();
+        assert!(diff(&lin.forward_sampling(&x).unwrap(), &policy) < 1e-5);
     }
 
     #[test]

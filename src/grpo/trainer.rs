@@ -89,6 +89,8 @@ impl Trainer {
     ) -> anyhow::Result<StepStats> {
         anyhow::ensure!(!prompts.is_empty(), "no prompts for this step");
         let started = Instant::now();
+        // Sample from the current policy, its adapters merged for speed.
+        self.model.prepare_sampling()?;
         let n = prompts.len() as f64;
         let mut total: Option<Tensor> = None;
         let mut all_rewards = Vec::new();

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::grpo::data::{self, Item};
 use crate::grpo::sample::Rng;
 use crate::models::llm::{LlmEngine, LlmStats};
+use crate::score::lexical::LexicalScorer;
 use crate::score::{Scorer, facts};
 
 /// The paper's thresholds: L2 below this and consistency above [`JSR_CONSISTENCY`].
@@ -25,16 +26,28 @@ pub const JSR_CONSISTENCY: f32 = 0.3;
 pub const STRICT_CONSISTENCY: f32 = 0.6;
 pub const STRICT_CLOSED: f32 = 0.5;
 
+/// `eval-rewriter`'s options (also the command line's, by `clap`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct EvalOptions {
-    pub config: PathBuf,
+    /// Touché23 folder; the held-out items come from `arguments-SPLIT.tsv`.
+    #[arg(long)]
     pub data: PathBuf,
+    #[arg(long, default_value = "validation")]
     pub split: String,
+    #[arg(long, default_value_t = 30)]
     pub items: usize,
-    /// Adapters to compare with the base (each one rewriter).
+    /// A trained adapter to compare with the base (repeatable; each one rewriter).
+    #[arg(long = "adapter")]
     pub adapters: Vec<PathBuf>,
+    #[arg(long, default_value = "config.toml")]
+    pub config: PathBuf,
+    #[arg(long, default_value = "runs/eval")]
     pub out: PathBuf,
+    #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    #[arg(long, default_value_t = 80)]
     pub min_source_chars: usize,
+    #[arg(long, default_value_t = 320)]
     pub max_source_chars: usize,
 }
 
@@ -55,6 +68,10 @@ pub struct ItemResult {
     pub shield_passed: bool,
     pub length_ratio: f32,
     pub generate_ms: f64,
+    /// The same distances by the independent second scorer ([`LexicalScorer`]).
+    pub second_l2_before: f32,
+    pub second_l2: f32,
+    pub second_closed: f32,
 }
 
 /// One rewriter's summary.
@@ -75,6 +92,13 @@ pub struct Summary {
     pub rejected: f32,
     pub length_ratio: f32,
     pub generate_ms_p50: f64,
+    /// Mean L2 and distance closed by the independent second scorer.
+    pub second_l2_before: f32,
+    pub second_l2: f32,
+    pub second_closed: f32,
+    /// Share of the rewrites the detector says moved toward the target (closed > 0) that the
+    /// second scorer agrees moved toward it too.
+    pub second_agrees: f32,
 }
 
 fn mean(v: impl Iterator<Item = f32>) -> f32 {
@@ -100,17 +124,25 @@ pub fn summarize(name: &str, r: &[ItemResult]) -> Summary {
         rejected: share(&|x| x.rejected.is_some()),
         length_ratio: mean(r.iter().map(|x| x.length_ratio)),
         generate_ms_p50: ms.get(ms.len() / 2).copied().unwrap_or(0.0),
+        second_l2_before: mean(r.iter().map(|x| x.second_l2_before)),
+        second_l2: mean(r.iter().map(|x| x.second_l2)),
+        second_closed: mean(r.iter().map(|x| x.second_closed)),
+        second_agrees: mean(
+            r.iter()
+                .filter(|x| x.closed > 0.0)
+                .map(|x| (x.second_closed > 0.0) as u8 as f32),
+        ),
     }
 }
 
 /// The markdown table.
 pub fn table(rows: &[Summary]) -> String {
     let mut s = String::from(
-        "| rewriter | items | L2 before | L2 after | cosine | distance closed | consistency | JSR (L2<0.8, cons>0.3) | strict (cons>0.6, closed>=50%) | shield fallback | rejected | length ratio | generate p50 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| rewriter | items | L2 before | L2 after | cosine | distance closed | consistency | JSR (L2<0.8, cons>0.3) | strict (cons>0.6, closed>=50%) | shield fallback | rejected | length ratio | generate p50 | 2nd scorer: L2 before | L2 after | closed | agrees |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.1}% | {:.3} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.2} | {:.0} ms |\n",
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.1}% | {:.3} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.2} | {:.0} ms | {:.3} | {:.3} | {:.1}% | {:.0}% |\n",
             r.rewriter,
             r.items,
             r.l2_before,
@@ -123,7 +155,11 @@ pub fn table(rows: &[Summary]) -> String {
             100.0 * r.fallback,
             100.0 * r.rejected,
             r.length_ratio,
-            r.generate_ms_p50
+            r.generate_ms_p50,
+            r.second_l2_before,
+            r.second_l2,
+            100.0 * r.second_closed,
+            100.0 * r.second_agrees,
         ));
     }
     s
@@ -160,8 +196,18 @@ async fn held_out(
         .collect())
 }
 
+/// Share of the distance closed, in [-1, 1]; 0 when the original was on target.
+fn closed(before: f32, after: f32) -> f32 {
+    if before > 0.0 {
+        ((before - after) / before).max(-1.0)
+    } else {
+        0.0
+    }
+}
+
 async fn evaluate(
     rewriter: &Rewriter,
+    second: &LexicalScorer,
     items: &[(Item, crate::values::ValueVector)],
 ) -> anyhow::Result<Vec<ItemResult>> {
     let mut out = Vec::with_capacity(items.len());
@@ -197,12 +243,29 @@ async fn evaluate(
                 // Nothing usable: the proxy returns the original.
                 None => (item.text.clone(), before.distance, before.cosine, 1.0),
             };
-        let closed = if before.distance > 0.0 {
-            ((before.distance - l2) / before.distance).max(-1.0)
-        } else {
-            0.0
-        };
+        // The second scorer reads the original differently, so its target is its own reading
+        // of the original shifted as the detector's target shifts the detector's reading.
+        let second_before = second.values(&item.text);
+        let second_profile = Item {
+            id: item.id.clone(),
+            text: item.text.clone(),
+            target: item
+                .target
+                .iter()
+                .map(|(v, t)| {
+                    let shift = t - before.values.get(*v);
+                    (*v, (second_before.get(*v) + shift).clamp(0.0, 1.0))
+                })
+                .collect(),
+        }
+        .profile();
+        let second_l2_before = second_profile.distance(&second_before);
+        let second_l2 = second_profile.distance(&second.values(&rewrite));
         out.push(ItemResult {
+            closed: closed(before.distance, l2),
+            second_l2_before,
+            second_l2,
+            second_closed: closed(second_l2_before, second_l2),
             id: item.id.clone(),
             text: item.text.clone(),
             target: item.target.clone(),
@@ -212,7 +275,6 @@ async fn evaluate(
             l2_before: before.distance,
             l2,
             cosine,
-            closed,
             consistency,
             shield_passed: r.decision == Decision::Rewritten,
             generate_ms: r.generate_ms,
@@ -228,12 +290,19 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    eprintln!("training the second scorer (words) on the training split ...");
+    let second = LexicalScorer::train(&o.data)?;
+    eprintln!(
+        "second scorer: validation macro-F1 {:.3} over the 20 categories, {:.3} over the 10 values",
+        second.report.macro_f1_categories, second.report.macro_f1_values
+    );
     rt.block_on(async {
         let models = crate::server::ValueModels::load(&config.models, crate::models::service::ServiceStats::default()).await?;
         let scorer = || Scorer {
             detector: models.detector.clone(),
             encoder: models.semantic.clone(),
             value_weight: config.rewriter.value_weight,
+            integrity_floor: config.rewriter.min_integrity,
         };
         let items = held_out(o, &scorer()).await?;
         eprintln!("{} held-out items from the {} split", items.len(), o.split);
@@ -255,7 +324,7 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
                 config: rc,
             };
             eprintln!("evaluating {name} ...");
-            let results = evaluate(&rewriter, &items).await?;
+            let results = evaluate(&rewriter, &second, &items).await?;
             let s = summarize(&name, &results);
             eprintln!("{}", table(std::slice::from_ref(&s)));
             summaries.push(s);
@@ -263,13 +332,13 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
         }
         std::fs::create_dir_all(&o.out)?;
         let md = format!(
-            "Held-out: {} items of the {} split ({}..{} characters, seed {}); targets: the detected vector shifted on 1-2 values by 0.2/0.35/0.5. Consistency: min over both directions of encoder similarity x share of facts kept. One greedy candidate per rewriter, the serving prompt and screening; a rejected candidate counts as the original.\n\n{}",
-            items.len(), o.split, o.min_source_chars, o.max_source_chars, o.seed, table(&summaries)
+            "Held-out: {} items of the {} split ({}..{} characters, seed {}); targets: the detected vector shifted on 1-2 values by 0.2/0.35/0.5. Consistency: min over both directions of encoder similarity x share of facts kept. One greedy candidate per rewriter, the serving prompt and screening; a rejected candidate counts as the original. Second scorer: a bag-of-words logistic regression (hashed word unigrams and bigrams) trained on {} arguments of the training split, sharing nothing with the detector (validation macro-F1 {:.3} over the 20 categories, {:.3} over the 10 values); its target is its own reading of the original shifted as the detector's target shifts the detector's reading; `agrees`: share of the rewrites the detector says moved toward the target that it says moved toward it too.\n\n{}",
+            items.len(), o.split, o.min_source_chars, o.max_source_chars, o.seed, second.trained_on, second.report.macro_f1_categories, second.report.macro_f1_values, table(&summaries)
         );
         std::fs::write(o.out.join("eval.md"), &md)?;
         std::fs::write(
             o.out.join("eval.json"),
-            serde_json::to_vec_pretty(&json!({"summaries": summaries, "details": details}))?,
+            serde_json::to_vec_pretty(&json!({"summaries": summaries, "details": details, "second_scorer": {"kind": "bag-of-words logistic regression (hashed unigrams and bigrams)", "trained_on": second.trained_on, "validation": second.report}}))?,
         )?;
         println!("{md}");
         Ok::<(), anyhow::Error>(())
@@ -295,6 +364,13 @@ mod tests {
             shield_passed: passed,
             length_ratio: 1.0,
             generate_ms: 10.0,
+            second_l2_before: l2_before,
+            second_l2: if passed { l2 } else { l2_before + 0.1 },
+            second_closed: if passed {
+                (l2_before - l2) / l2_before
+            } else {
+                -0.1
+            },
         }
     }
 
@@ -311,6 +387,8 @@ mod tests {
         assert!((s.jsr - 0.5).abs() < 1e-6, "{s:?}");
         assert!((s.jsr_strict - 0.25).abs() < 1e-6, "{s:?}");
         assert!((s.fallback - 0.5).abs() < 1e-6);
+        // The detector says all four moved toward the target; the second scorer agrees on two.
+        assert!((s.second_agrees - 0.5).abs() < 1e-6, "{s:?}");
         assert!(table(&[s]).contains("| t | 4 |"));
     }
 }

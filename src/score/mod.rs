@@ -4,6 +4,7 @@
 //! so serving and training can never disagree about what a good rewrite is.
 
 pub mod facts;
+pub mod lexical;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,7 +63,10 @@ pub struct CandidateScore {
     pub facts: FactCheck,
     /// similarity x share of facts kept.
     pub integrity: f32,
-    /// value_weight x (precision + cosine) / 2 + (1 - value_weight) x integrity.
+    /// Share of the original's distance to the target that the candidate closes, in [-1, 1].
+    pub progress: f32,
+    /// [`reward`]: value_weight x progress (no credit for progress below the integrity floor)
+    /// + (1 - value_weight) x integrity.
     pub reward: f32,
 }
 
@@ -79,13 +83,34 @@ pub struct Scored {
 pub struct Scorer {
     pub detector: Arc<dyn ValueDetector>,
     pub encoder: Arc<EncoderService>,
-    /// Weight of value precision in the reward; the rest is semantic integrity.
+    /// Weight of value progress in the reward; the rest is semantic integrity.
     pub value_weight: f32,
+    /// Integrity under which moving the values earns nothing (the shield's `min_integrity`).
+    pub integrity_floor: f32,
 }
 
-/// The reward from its parts.
-pub fn reward(value_weight: f32, fit: &ValueFit, integrity: f32) -> f32 {
-    value_weight * (fit.precision + fit.cosine.max(0.0)) / 2.0 + (1.0 - value_weight) * integrity
+/// Share of the original's distance to the target that a candidate closes, in [-1, 1]
+/// (negative: it moved away). An original already on target counts as 0.05 away, so any
+/// drift from it is penalised rather than divided by zero.
+pub fn progress(original_distance: f32, distance: f32) -> f32 {
+    ((original_distance - distance) / original_distance.max(0.05)).clamp(-1.0, 1.0)
+}
+
+/// The reward from its parts: `value_weight x progress + (1 - value_weight) x integrity`,
+/// where progress toward the target only counts (when positive) if integrity clears
+/// `integrity_floor`. Value *progress* rather than the raw precision of the VISA paper because
+/// the two differ, for one original, by a constant and a scale: within a GRPO group (and among
+/// one answer's candidates) only the scale matters, and dividing by the original's distance
+/// gives the value term the weight it needs against integrity, which a copy earns for free.
+/// The floor mirrors the shield: a rewrite that reaches the target by losing the meaning is
+/// worth no more than one that did not move.
+pub fn reward(value_weight: f32, progress: f32, integrity: f32, integrity_floor: f32) -> f32 {
+    let progress = if integrity < integrity_floor {
+        progress.min(0.0)
+    } else {
+        progress
+    };
+    value_weight * progress + (1.0 - value_weight) * integrity
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -143,8 +168,10 @@ impl Scorer {
                 };
                 let facts = facts::check(original, cand);
                 let integrity = similarity * facts.fraction();
+                let progress = progress(original_fit.distance, fit.distance);
                 CandidateScore {
-                    reward: reward(self.value_weight, &fit, integrity),
+                    reward: reward(self.value_weight, progress, integrity, self.integrity_floor),
+                    progress,
                     fit,
                     similarity,
                     facts,
@@ -184,7 +211,25 @@ mod tests {
         assert!((far.precision - (1.0 - 0.8 / 0.9)).abs() < 1e-5);
         assert!(near.within_tolerance && !far.within_tolerance);
         assert!(near.precision > far.precision);
-        assert!(reward(0.5, &near, 0.9) > reward(0.5, &far, 0.9));
-        assert!(reward(0.5, &near, 0.9) > reward(0.5, &near, 0.2));
+    }
+
+    #[test]
+    fn reward_weighs_progress_against_integrity_with_a_floor() {
+        // Closing the distance from 0.8 to 0.2 is 75% progress; moving away is negative, capped.
+        assert!((progress(0.8, 0.2) - 0.75).abs() < 1e-6);
+        assert!((progress(0.4, 0.6) + 0.5).abs() < 1e-6);
+        assert_eq!(progress(0.1, 0.9), -1.0);
+        // Already on target: drift is penalised, not divided by zero.
+        assert!((progress(0.0, 0.01) + 0.2).abs() < 1e-6);
+        // A copy (no progress, full integrity) vs a rewrite that moves and keeps the meaning.
+        let copy = reward(0.7, 0.0, 1.0, 0.6);
+        let good = reward(0.7, 0.5, 0.75, 0.6);
+        assert!((copy - 0.3).abs() < 1e-6 && (good - (0.35 + 0.225)).abs() < 1e-6);
+        assert!(good > copy);
+        // Reaching the target by losing the meaning earns no progress credit...
+        assert!((reward(0.7, 1.0, 0.3, 0.6) - 0.09).abs() < 1e-6);
+        // ...but moving away is still penalised below the floor.
+        assert!((reward(0.7, -0.5, 0.3, 0.6) - (-0.35 + 0.09)).abs() < 1e-6);
+        assert!(reward(0.7, 0.0, 1.0, 0.6) > reward(0.7, 0.0, 0.9, 0.6));
     }
 }

@@ -171,6 +171,7 @@ impl AppState {
             detector: m.detector.clone(),
             encoder: m.semantic.clone(),
             value_weight: config.rewriter.value_weight,
+            integrity_floor: config.rewriter.min_integrity,
         });
         let backend = match config.rewriter.backend {
             RewriterBackend::Local => llm.clone().map(RewriteBackend::Local),
