@@ -66,8 +66,11 @@ async fn training_writes_a_resumable_adapter_that_the_proxy_serves() {
     assert_eq!(log.len(), 2);
     for (k, line) in log.iter().enumerate() {
         assert_eq!(line["step"], k + 1);
+        // value_weight x progress (in [-1, 1]) + (1 - value_weight) x integrity (in [0, 1]).
         let r = line["reward_mean"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&r), "{line}");
+        assert!((-1.0..=1.0).contains(&r), "{line}");
+        let p = line["components"]["progress"].as_f64();
+        assert!(p.is_none_or(|p| (-1.0..=1.0).contains(&p)), "{line}");
         assert!(line["kl"].as_f64().unwrap() >= 0.0, "{line}");
         assert!(line["completion_tokens"].as_u64().unwrap() > 0, "{line}");
         assert!(line["components"]["rejected"].is_number(), "{line}");
