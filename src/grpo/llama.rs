@@ -529,14 +529,7 @@ mod tests {
             .hidden(&ids.narrow(1, 5, 1).unwrap(), Some(&mut cache), true)
             .unwrap();
         let stepwise = Tensor::cat(&[a, b, c], 1).unwrap();
-        let d: f32 = (full - stepwise)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d: f32 = crate::grpo::max_abs_diff(full - stepwise);
         assert!(d < 1e-4, "{d}");
         assert_eq!(cache.len(), 6);
     }
@@ -564,28 +557,14 @@ mod tests {
         let rows = Tensor::new(&[[1u32, 5, 7, 2, 9, 4], [1, 5, 7, 3, 3, 0]], &dev).unwrap();
         let a = m.completion_logprobs(&prompt, &comp, true).unwrap();
         let b = m.token_logprobs(&rows, 3, true).unwrap();
-        let d: f32 = (&a - &b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d: f32 = crate::grpo::max_abs_diff(&a - &b);
         assert!(d < 1e-4, "{d}");
         let ga = a.sum_all().unwrap().backward().unwrap();
         let gb = b.sum_all().unwrap().backward().unwrap();
         for (name, v) in m.lora_vars() {
             let x = ga.get(v.as_tensor()).unwrap();
             let y = gb.get(v.as_tensor()).unwrap();
-            let d: f32 = (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d: f32 = crate::grpo::max_abs_diff(x - y);
             assert!(d < 1e-3, "{name}: {d}");
         }
     }
@@ -600,14 +579,8 @@ mod tests {
         let b = m
             .hidden(&Tensor::new(&[[1u32, 2, 9]], &dev).unwrap(), None, false)
             .unwrap();
-        let d: f32 = (a.narrow(1, 0, 2).unwrap() - b.narrow(1, 0, 2).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d: f32 =
+            crate::grpo::max_abs_diff(a.narrow(1, 0, 2).unwrap() - b.narrow(1, 0, 2).unwrap());
         assert!(d < 1e-6, "{d}");
     }
 }

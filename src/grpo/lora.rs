@@ -218,14 +218,7 @@ mod tests {
             .unwrap();
         let with = lin.forward(&x, true).unwrap();
         let merged = x.matmul(&lin.merged().unwrap().t().unwrap()).unwrap();
-        let d: f32 = (merged - &with)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d: f32 = crate::grpo::max_abs_diff(merged - &with);
         assert!(d < 1e-5, "{d}");
         let moved: f32 = (base - with)
             .unwrap()
@@ -283,16 +276,7 @@ mod tests {
         l.b.set(&seeded_normal(&[6, 2], 0.5, 3, &dev).unwrap())
             .unwrap();
         let x = seeded_normal(&[1, 3, 4], 1.0, 2, &dev).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
+        let diff = |a: &Tensor, b: &Tensor| -> f32 { crate::grpo::max_abs_diff(a - b) };
         let policy = lin.forward(&x, true).unwrap();
         assert!(diff(&lin.forward_sampling(&x).unwrap(), &policy) < 1e-5);
         lin.prepare_sampling().unwrap();

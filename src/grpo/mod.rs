@@ -10,3 +10,10 @@ pub mod lora;
 pub mod math;
 pub mod sample;
 pub mod trainer;
+
+/// Largest absolute entry of `a - b` (tests compare tensors with it).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(diff: candle_core::Result<candle_core::Tensor>) -> f32 {
+    diff.and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+        .expect("tensors of the same shape")
+}

@@ -283,26 +283,10 @@ mod tests {
         }
         assert!(signal, "no group ever had unequal rewards");
         for ((_, l), before) in t.model.linears().iter().zip(&base_before) {
-            let d: f32 = (&l.weight - before)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d: f32 = crate::grpo::max_abs_diff(&l.weight - before);
             assert_eq!(d, 0.0, "a base weight moved");
         }
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
+        let diff = |a: &Tensor, b: &Tensor| -> f32 { crate::grpo::max_abs_diff(a - b) };
         assert_eq!(
             diff(
                 &ref_before,
