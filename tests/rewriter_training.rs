@@ -83,13 +83,15 @@ async fn training_writes_a_resumable_adapter_that_the_proxy_serves() {
     assert_eq!(card["base_sha256"].as_str().unwrap().len(), 64);
     assert_eq!(card["reward"]["per_step"].as_array().unwrap().len(), 2);
 
+    // The checkpoint keeps the optimizer's moments, so --resume continues the same run.
+    assert!(out.join("optimizer.safetensors").is_file());
+
     // Resume: one more step, appended to the same log.
     let run = train(&out, 3, true);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming at step 2"), "{stderr}");
+    assert!(!stderr.contains("zero moments"), "{stderr}");
     let log = log_lines(&out);
     assert_eq!(log.len(), 3);
     assert_eq!(log[2]["step"], 3);

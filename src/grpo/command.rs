@@ -107,6 +107,11 @@ fn state_path(out: &Path) -> PathBuf {
     out.join("checkpoint.json")
 }
 
+/// The optimizer's moments at the last checkpoint.
+pub fn optimizer_path(out: &Path) -> PathBuf {
+    out.join("optimizer.safetensors")
+}
+
 fn log_path(out: &Path) -> PathBuf {
     out.join("log.jsonl")
 }
@@ -265,6 +270,15 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
         );
         state = serde_json::from_str(&std::fs::read_to_string(&sp)?)?;
         adapter::restore(&trainer.model, &adapter::load(&adapter_path(&o.out))?)?;
+        let op = optimizer_path(&o.out);
+        if op.is_file() {
+            trainer.load_optimizer(&op, state.step)?;
+        } else {
+            eprintln!(
+                "{} is missing (a checkpoint from an older version): the optimizer restarts with zero moments",
+                op.display()
+            );
+        }
         trainer.rng = Rng::new(state.rng);
         trainer.steps = state.step;
         eprintln!("resuming at step {}", state.step);
@@ -296,6 +310,7 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
     let base_sha = sha256_file(&base)?;
     let save = |trainer: &Trainer, state: &State, finished: bool| -> anyhow::Result<()> {
         adapter::save(&trainer.model, &adapter_path(&o.out))?;
+        trainer.save_optimizer(&optimizer_path(&o.out))?;
         std::fs::write(state_path(&o.out), serde_json::to_vec_pretty(state)?)?;
         let first: Vec<f32> = state.rewards.iter().take(10).copied().collect();
         let last: Vec<f32> = state.rewards.iter().rev().take(10).copied().collect();

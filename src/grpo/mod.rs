@@ -8,6 +8,7 @@ pub mod data;
 pub mod llama;
 pub mod lora;
 pub mod math;
+pub mod optim;
 pub mod sample;
 pub mod trainer;
 

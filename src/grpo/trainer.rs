@@ -5,10 +5,10 @@
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use super::llama::Llama;
 use super::math::{Objective, group_advantages, grpo_loss};
+use super::optim::{AdamW, AdamWParams};
 use super::sample::{Group, Rng, SampleConfig, sample_group};
 
 #[derive(Debug, Clone)]
@@ -60,8 +60,8 @@ impl Trainer {
         let vars = model.lora_vars();
         anyhow::ensure!(!vars.is_empty(), "the model has no LoRA adapters to train");
         let opt = AdamW::new(
-            vars.iter().map(|(_, v)| v.clone()).collect(),
-            ParamsAdamW {
+            &vars,
+            AdamWParams {
                 lr: config.learning_rate,
                 weight_decay: config.weight_decay,
                 ..Default::default()
@@ -79,6 +79,16 @@ impl Trainer {
 
     pub fn vars(&self) -> &[(String, Var)] {
         &self.vars
+    }
+
+    /// Save the optimizer's moments (for `--resume`).
+    pub fn save_optimizer(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        self.opt.save(path)
+    }
+
+    /// Restore the optimizer's moments saved after `steps` steps.
+    pub fn load_optimizer(&mut self, path: &std::path::Path, steps: usize) -> anyhow::Result<()> {
+        self.opt.load(path, steps)
     }
 
     /// Sample a group for each prompt, reward it with `reward(prompt_index, group)`, update.

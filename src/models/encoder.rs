@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::packed_bert::PackedBert;
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
@@ -34,10 +35,10 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
 }
 
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+pub(crate) struct LayerNorm {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f64,
 }
 
 impl LayerNorm {
@@ -64,17 +65,17 @@ impl LayerNorm {
     }
 }
 
-struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    out_norm: LayerNorm,
-    heads: usize,
-    head_dim: usize,
+pub(crate) struct Layer {
+    pub(crate) query: Linear,
+    pub(crate) key: Linear,
+    pub(crate) value: Linear,
+    pub(crate) attn_out: Linear,
+    pub(crate) attn_norm: LayerNorm,
+    pub(crate) intermediate: Linear,
+    pub(crate) output: Linear,
+    pub(crate) out_norm: LayerNorm,
+    pub(crate) heads: usize,
+    pub(crate) head_dim: usize,
 }
 
 impl Layer {
@@ -129,11 +130,11 @@ impl Layer {
 
 /// A BERT encoder.
 pub struct Bert {
-    word: Embedding,
-    position: Embedding,
-    token_type: Embedding,
-    emb_norm: LayerNorm,
-    layers: Vec<Layer>,
+    pub(crate) word: Embedding,
+    pub(crate) position: Embedding,
+    pub(crate) token_type: Embedding,
+    pub(crate) emb_norm: LayerNorm,
+    pub(crate) layers: Vec<Layer>,
     pub config: BertConfig,
 }
 
@@ -239,6 +240,8 @@ impl EncoderFiles {
 /// their own threads.
 pub struct SentenceEncoder {
     pub bert: Bert,
+    /// The inference path over `bert`'s weights (see `packed_bert`).
+    packed: PackedBert,
     tokenizer: Tokenizer,
     pub device: Device,
     pub max_tokens: usize,
@@ -302,6 +305,7 @@ impl SentenceEncoder {
             .map_err(|e| EncoderError::Files(format!("{}: {e}", files.config().display())))?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
         let bert = Bert::new(config, vb)?;
+        let packed = PackedBert::new(&bert)?;
         let mut tokenizer = Tokenizer::from_file(files.tokenizer()).map_err(|e| {
             EncoderError::Tokenizer(format!("{}: {e}", files.tokenizer().display()))
         })?;
@@ -317,6 +321,7 @@ impl SentenceEncoder {
         }));
         Ok(Self {
             bert,
+            packed,
             tokenizer,
             device,
             max_tokens,
@@ -352,19 +357,40 @@ impl SentenceEncoder {
             .len())
     }
 
-    /// Unit-length sentence embeddings [B, H].
+    /// Token ids of each text (with special tokens, truncated, not padded).
+    pub fn token_ids(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
+        Ok(enc
+            .iter()
+            .map(|e| {
+                e.get_ids()
+                    .iter()
+                    .zip(e.get_attention_mask())
+                    .filter(|(_, m)| **m == 1)
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Unit-length sentence embeddings [B, H] through candle's padded batch (the reference for
+    /// the packed path, and what `cargo bench --bench encoder` compares it with).
     pub fn embed(&self, texts: &[&str]) -> Result<Tensor> {
         let (ids, mask) = self.tokenize(texts)?;
         let states = self.bert.forward(&ids, &mask, false)?;
         Ok(mean_pool_normalize(&states, &mask)?)
     }
 
-    /// Embeddings as plain vectors.
+    /// Unit-length sentence embeddings as plain vectors, through the packed inference path.
     pub fn embed_vecs(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self.embed(texts)?.to_vec2::<f32>()?)
+        let ids = self.token_ids(texts)?;
+        Ok(self.packed.embed(&self.bert, &ids)?)
     }
 }
 
@@ -424,6 +450,31 @@ mod tests {
             .unwrap();
         let sim = cosine(&alone[0], &batched[0]);
         assert!(sim > 0.9999, "{sim}");
+    }
+
+    /// The packed path (serving) against candle's padded batch (reference), on texts of very
+    /// different lengths in one batch, an empty text and one cut at the token limit.
+    #[test]
+    fn packed_path_equals_candle_path() {
+        let enc = encoder();
+        let long = "Freedom, security and tradition all pull in different directions. ".repeat(40);
+        let texts = [
+            "values matter",
+            "",
+            "Caring for others is good, and so is being honest with them about hard news.",
+            long.as_str(),
+        ];
+        let packed = enc.embed_vecs(&texts).unwrap();
+        let reference = enc.embed(&texts).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(enc.token_ids(&[long.as_str()]).unwrap()[0].len(), 256);
+        for (p, r) in packed.iter().zip(&reference) {
+            let diff = p
+                .iter()
+                .zip(r)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 2e-5, "max difference {diff}");
+        }
     }
 
     #[test]

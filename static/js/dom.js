@@ -31,6 +31,9 @@ export function clear(el, ...children) {
 export const fmt = (x, digits = 2) =>
   typeof x === "number" && Number.isFinite(x) ? x.toFixed(digits) : "–";
 
+/** A share as a whole percentage ("-12%", "40%"). */
+export const pct = (x) => (typeof x === "number" && Number.isFinite(x) ? `${Math.round(x * 100)}%` : "–");
+
 export const ms = (x) => (typeof x === "number" ? `${Math.round(x)} ms` : "–");
 
 /** An error box for an ApiError or any Error. */

@@ -6,7 +6,7 @@
 import { api, session, streamChat, valueList as allValues } from "./api.js";
 import { ValueChart } from "./chart.js";
 import { wordDiff } from "./diff.js";
-import { clear, errorBox, fmt, h, ms } from "./dom.js";
+import { clear, errorBox, fmt, h, ms, pct } from "./dom.js";
 
 function diffView(original, rewrite) {
   const ops = wordDiff(original, rewrite);
@@ -123,6 +123,7 @@ export async function renderPlayground(main) {
           h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", { scope: "col" }, "before"), h("th", { scope: "col" }, "after"))),
           h("tbody", {}, fitRows(r.original, after), best?.score
             ? [
+                h("tr", {}, h("th", { scope: "row" }, "distance to the target closed"), h("td", {}, ""), h("td", { class: "num", id: "pg-progress" }, pct(best.score.progress))),
                 h("tr", {}, h("th", { scope: "row" }, "semantic integrity"), h("td", {}, ""), h("td", { class: "num", id: "pg-integrity" }, fmt(best.score.integrity))),
                 h("tr", {}, h("th", { scope: "row" }, "similarity to the original"), h("td", {}, ""), h("td", { class: "num" }, fmt(best.score.similarity))),
                 h("tr", {}, h("th", { scope: "row" }, "facts kept"), h("td", {}, ""), h("td", { class: "num" }, `${best.score.facts.kept} of ${best.score.facts.total}${best.score.facts.missing.length ? ` (missing: ${best.score.facts.missing.join(", ")})` : ""}`)),
@@ -143,7 +144,7 @@ export async function renderPlayground(main) {
                 {},
                 h("div", { class: "text" }, c.text || "(empty)"),
                 c.score
-                  ? h("p", { class: "muted" }, `reward ${fmt(c.score.reward)}, distance ${fmt(c.score.fit.distance)}, integrity ${fmt(c.score.integrity)}`)
+                  ? h("p", { class: "muted" }, `reward ${fmt(c.score.reward)}, distance ${fmt(c.score.fit.distance)} (closed ${pct(c.score.progress)}), integrity ${fmt(c.score.integrity)}`)
                   : h("p", { class: "muted" }, `rejected: ${typeof c.rejected === "string" ? c.rejected : JSON.stringify(c.rejected)}`),
               ),
             ),

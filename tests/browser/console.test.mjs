@@ -174,6 +174,7 @@ test("the playground detects a text, rewrites it and shows both side by side", {
   assert.ok(rewrite.trim().length > 0 && rewrite !== original, rewrite);
   assert.ok((await page.locator("#rewrite-text ins, #original-text del").count()) > 0, "differences marked");
   assert.match(await page.locator("#pg-integrity").innerText(), /^\d\.\d\d$/);
+  assert.match(await page.locator("#pg-progress").innerText(), /^-?\d+%$/);
   assert.match(await page.locator("#pg-timing").innerText(), /generate \d+ ms/);
   assert.ok((await page.locator("svg.value-chart polygon.detected").count()) === 1, "detected vector drawn");
   await shot("playground");
