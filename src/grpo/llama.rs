@@ -95,6 +95,8 @@ pub struct Llama {
     /// None: tied to the embedding.
     lm_head: Option<Tensor>,
     device: Device,
+    /// Sampling multiplies few-row inputs with `skinny` products instead of `gemm`.
+    skinny: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -160,6 +162,7 @@ impl Llama {
             norm: Tensor::ones(c.hidden, DType::F32, device)?,
             lm_head: None,
             device: device.clone(),
+            skinny: true,
             config,
         })
     }
@@ -248,6 +251,7 @@ impl Llama {
             norm,
             lm_head,
             device: device.clone(),
+            skinny: true,
         })
     }
 
@@ -351,7 +355,19 @@ impl Llama {
 
     /// Logits for sampling, no gradients.
     pub fn logits_sampling(&self, hidden: &Tensor) -> Result<Tensor> {
+        if self.skinny {
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+            if let Some(y) = super::skinny::matmul_t(hidden, head)? {
+                return Ok(y);
+            }
+        }
         Ok(self.logits(hidden)?.detach())
+    }
+
+    /// Whether sampling uses the skinny products for few-row inputs (on by default; the
+    /// benchmark turns it off for its baseline).
+    pub fn set_skinny_sampling(&mut self, on: bool) {
+        self.skinny = on;
     }
 
     fn hidden_in(&self, ids: &Tensor, mut cache: Option<&mut Cache>, mode: Mode) -> Result<Tensor> {
@@ -359,7 +375,7 @@ impl Llama {
             match mode {
                 Mode::Policy => l.forward(x, true),
                 Mode::Reference => l.forward(x, false),
-                Mode::Sampling => l.forward_sampling(x),
+                Mode::Sampling => l.forward_sampling(x, self.skinny),
             }
         };
         let c = &self.config;
@@ -414,24 +430,34 @@ impl Llama {
                 }
                 None => (k, v),
             };
-            let expand = |x: Tensor| -> Result<Tensor> {
-                if rep == 1 {
-                    return Ok(x);
-                }
-                let (b, kvh, s, d) = x.dims4()?;
-                x.unsqueeze(2)?
-                    .expand((b, kvh, rep, s, d))?
-                    .reshape((b, kvh * rep, s, d))
+            let a = if mode == Mode::Sampling && t == 1 {
+                // Decoding one token: the query heads that share a key/value head attend
+                // together, so keys and values are neither repeated nor copied (nothing to
+                // mask either: every cached position is visible).
+                let q = q.reshape((b, c.kv_heads, rep, hd))?;
+                let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+                candle_nn::ops::softmax_last_dim(&scores)?
+                    .matmul(&v)?
+                    .reshape((b, 1, c.heads * hd))?
+            } else {
+                let expand = |x: Tensor| -> Result<Tensor> {
+                    if rep == 1 {
+                        return Ok(x);
+                    }
+                    let (b, kvh, s, d) = x.dims4()?;
+                    x.unsqueeze(2)?
+                        .expand((b, kvh, rep, s, d))?
+                        .reshape((b, kvh * rep, s, d))
+                };
+                let k = expand(k)?;
+                let v = expand(v)?;
+                let scores = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?
+                    .broadcast_add(&mask)?;
+                let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
+                p.matmul(&v)?
+                    .transpose(1, 2)?
+                    .reshape((b, t, c.heads * hd))?
             };
-            let k = expand(k)?;
-            let v = expand(v)?;
-            let scores =
-                (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?.broadcast_add(&mask)?;
-            let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
-            let a = p
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, t, c.heads * hd))?;
             x = (x + lin(&blk.attn.o, &a)?)?;
             let h = rms_norm(&x, &blk.ffn_norm, c.rms_eps)?;
             let g = lin(&blk.mlp.gate, &h)?;
@@ -532,6 +558,50 @@ mod tests {
         let d: f32 = crate::grpo::max_abs_diff(full - stepwise);
         assert!(d < 1e-4, "{d}");
         assert_eq!(cache.len(), 6);
+    }
+
+    /// The sampling path (merged adapters, skinny products, grouped decoding attention) gives
+    /// the logits of the full pass with adapters, for a batch of rows decoded token by token.
+    #[test]
+    fn sampling_decoding_equals_a_full_pass() {
+        use crate::grpo::lora::LoraConfig;
+        let dev = Device::Cpu;
+        let mut m = Llama::random(tiny(), 4, &dev).unwrap();
+        m.add_lora(
+            LoraConfig {
+                rank: 2,
+                alpha: 4.0,
+            },
+            5,
+        )
+        .unwrap();
+        for (_, v) in m.lora_vars() {
+            v.set(&(v.as_tensor().ones_like().unwrap() * 0.05).unwrap())
+                .unwrap();
+        }
+        m.prepare_sampling().unwrap();
+        let ids = Tensor::new(&[[1u32, 5, 7, 2, 9, 4], [3, 3, 8, 1, 6, 2]], &dev).unwrap();
+        let full = m.logits(&m.hidden(&ids, None, true).unwrap()).unwrap();
+        for skinny in [true, false] {
+            m.set_skinny_sampling(skinny);
+            let mut cache = Cache::default();
+            let mut steps = vec![
+                m.logits_sampling(
+                    &m.hidden_sampling(&ids.narrow(1, 0, 3).unwrap(), &mut cache)
+                        .unwrap(),
+                )
+                .unwrap(),
+            ];
+            for i in 3..6 {
+                let h = m
+                    .hidden_sampling(&ids.narrow(1, i, 1).unwrap(), &mut cache)
+                    .unwrap();
+                steps.push(m.logits_sampling(&h).unwrap());
+            }
+            let stepwise = Tensor::cat(&steps, 1).unwrap();
+            let d = crate::grpo::max_abs_diff(&full - stepwise);
+            assert!(d < 1e-4, "skinny {skinny}: {d}");
+        }
     }
 
     #[test]

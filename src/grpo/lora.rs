@@ -107,9 +107,15 @@ impl Linear {
 
     /// The forward pass for sampling, without gradients: the merged weight when prepared,
     /// else base plus adapter.
-    pub fn forward_sampling(&self, x: &Tensor) -> Result<Tensor> {
+    /// `skinny`: few-row inputs (decoding) use [`super::skinny::matmul_t`] on the merged weight.
+    pub fn forward_sampling(&self, x: &Tensor, skinny: bool) -> Result<Tensor> {
         match &self.sampling {
-            Some(w) => matmul_t(x, w, false),
+            Some(w) => {
+                if skinny && let Some(y) = super::skinny::matmul_t(x, w)? {
+                    return Ok(y);
+                }
+                matmul_t(x, w, false)
+            }
             None => Ok(self.forward(x, true)?.detach()),
         }
     }
@@ -278,9 +284,11 @@ mod tests {
         let x = seeded_normal(&[1, 3, 4], 1.0, 2, &dev).unwrap();
         let diff = |a: &Tensor, b: &Tensor| -> f32 { crate::grpo::max_abs_diff(a - b) };
         let policy = lin.forward(&x, true).unwrap();
-        assert!(diff(&lin.forward_sampling(&x).unwrap(), &policy) < 1e-5);
+        assert!(diff(&lin.forward_sampling(&x, true).unwrap(), &policy) < 1e-5);
         lin.prepare_sampling().unwrap();
-        assert!(diff(&lin.forward_sampling(&x).unwrap(), &policy) < 1e-5);
+        for skinny in [false, true] {
+            assert!(diff(&lin.forward_sampling(&x, skinny).unwrap(), &policy) < 1e-5);
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod lora;
 pub mod math;
 pub mod optim;
 pub mod sample;
+pub mod skinny;
 pub mod trainer;
 
 /// Largest absolute entry of `a - b` (tests compare tensors with it).

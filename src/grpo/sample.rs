@@ -48,6 +48,21 @@ pub fn draw(logits: &[f32], temperature: f64, top_p: f64, rng: &mut Rng) -> u32 
             .map_or(0, |(i, _)| i as u32);
     }
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if top_p >= 1.0 {
+        // The whole distribution: no need to sort the vocabulary.
+        let w: Vec<f64> = logits
+            .iter()
+            .map(|&l| (((l - max) as f64) / temperature).exp())
+            .collect();
+        let mut u = rng.next_f64() * w.iter().sum::<f64>();
+        for (i, q) in w.iter().enumerate() {
+            if u < *q {
+                return i as u32;
+            }
+            u -= q;
+        }
+        return w.iter().rposition(|q| *q > 0.0).unwrap_or(0) as u32;
+    }
     let mut p: Vec<(usize, f64)> = logits
         .iter()
         .enumerate()
