@@ -2,20 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::process::Command;
 
 use serde_json::Value;
-
-const DATA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/touche23-valueeval"
-);
-
-fn data_dir() -> std::path::PathBuf {
-    std::env::var("VISA_TOUCHE_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| DATA.into())
-}
+use support::touche_dir as data_dir;
 
 fn card(path: &std::path::Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()

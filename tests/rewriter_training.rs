@@ -11,17 +11,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 use support::key_hash;
 use support::proxy::Proxy;
-
-const DATA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/touche23-valueeval"
-);
-
-fn data_dir() -> std::path::PathBuf {
-    std::env::var("VISA_TOUCHE_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| DATA.into())
-}
+use support::touche_dir as data_dir;
 
 fn train(out: &std::path::Path, steps: usize, resume: bool) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_visa-proxy"));

@@ -564,21 +564,8 @@ mod tests {
     /// the logits of the full pass with adapters, for a batch of rows decoded token by token.
     #[test]
     fn sampling_decoding_equals_a_full_pass() {
-        use crate::grpo::lora::LoraConfig;
         let dev = Device::Cpu;
-        let mut m = Llama::random(tiny(), 4, &dev).unwrap();
-        m.add_lora(
-            LoraConfig {
-                rank: 2,
-                alpha: 4.0,
-            },
-            5,
-        )
-        .unwrap();
-        for (_, v) in m.lora_vars() {
-            v.set(&(v.as_tensor().ones_like().unwrap() * 0.05).unwrap())
-                .unwrap();
-        }
+        let mut m = tiny_with_adapters(4);
         m.prepare_sampling().unwrap();
         let ids = Tensor::new(&[[1u32, 5, 7, 2, 9, 4], [3, 3, 8, 1, 6, 2]], &dev).unwrap();
         let full = m.logits(&m.hidden(&ids, None, true).unwrap()).unwrap();
@@ -604,11 +591,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_shared_prompt_gives_the_same_logprobs_and_gradients() {
+    /// A tiny random model with rank-2 adapters set to small random values (not the identity
+    /// start), so that paths with and without them differ.
+    fn tiny_with_adapters(seed: u64) -> Llama {
         use crate::grpo::lora::LoraConfig;
         let dev = Device::Cpu;
-        let mut m = Llama::random(tiny(), 6, &dev).unwrap();
+        let mut m = Llama::random(tiny(), seed, &dev).unwrap();
         m.add_lora(
             LoraConfig {
                 rank: 2,
@@ -622,6 +610,13 @@ mod tests {
             v.set(&seeded_normal(&shape, 0.1, 9, &dev).unwrap())
                 .unwrap();
         }
+        m
+    }
+
+    #[test]
+    fn a_shared_prompt_gives_the_same_logprobs_and_gradients() {
+        let dev = Device::Cpu;
+        let m = tiny_with_adapters(6);
         let prompt = [1u32, 5, 7];
         let comp = Tensor::new(&[[2u32, 9, 4], [3, 3, 0]], &dev).unwrap();
         let rows = Tensor::new(&[[1u32, 5, 7, 2, 9, 4], [1, 5, 7, 3, 3, 0]], &dev).unwrap();

@@ -1,4 +1,6 @@
-//! Test support: the mock upstream and a handle on the real `visa-proxy` binary.
+//! Test support: the mock upstream, a handle on the real `visa-proxy` binary, and the paths
+//! and keys the test crates share.
+#![allow(dead_code)] // Each test crate uses a different part of it.
 
 pub mod mock_upstream;
 pub mod proxy;
@@ -6,4 +8,18 @@ pub mod proxy;
 /// The hex SHA-256 of a key, as `api_key_sha256` in a config holds it.
 pub fn key_hash(key: &str) -> String {
     hex::encode(visa_proxy::config::hash_key(key))
+}
+
+/// The Touché23-ValueEval data set: `VISA_TOUCHE_DIR`, else the workplace's shared copy next to
+/// the checkout.
+pub fn touche_dir() -> std::path::PathBuf {
+    std::env::var("VISA_TOUCHE_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../shared/data/touche23-valueeval"
+            )
+            .into()
+        })
 }
