@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 
 #[path = "support/answer.rs"]
 mod answer;
+#[path = "support/child.rs"]
+mod child;
 use answer::ANSWER;
 
 /// About 109 tokens of prompt, as in the figures quoted in MODELS.md.
@@ -82,7 +84,7 @@ upstreams = ["local"]
     );
     let path = dir.join("bench.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
+    let mut child = child::ends_with_bench(&mut Command::new(env!("CARGO_BIN_EXE_visa-proxy")))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&path)
         .env("VISA_PROFILES_DB", dir.join("profiles.sqlite"))
@@ -111,7 +113,7 @@ fn llama_bench() -> Option<(f64, f64)> {
         env!("CARGO_MANIFEST_DIR"),
         "/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     );
-    let out = Command::new(bin)
+    let out = child::ends_with_bench(&mut Command::new(bin))
         .args([
             "-m", model, "-t", "2", "-p", "109", "-n", "128", "-r", "3", "-o", "json",
         ])

@@ -10,6 +10,9 @@
 #[path = "../tests/support/mock_upstream.rs"]
 mod mock_upstream;
 
+#[path = "support/child.rs"]
+mod child;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -142,7 +145,7 @@ upstreams = ["mock"]
     );
     let path = dir.join("bench.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
+    let mut child = child::ends_with_bench(&mut Command::new(env!("CARGO_BIN_EXE_visa-proxy")))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&path)
         .env_remove("RUST_LOG")

@@ -1,6 +1,7 @@
 //! The sentence encoder: a BERT encoder (all-MiniLM-L6-v2 by default) in candle with its
-//! `tokenizers` tokenizer, mean pooling and L2 normalisation. The same code runs inference
-//! (fused kernels) and training (plain differentiable ops).
+//! `tokenizers` tokenizer, mean pooling and L2 normalisation. Serving embeds through the packed
+//! path over the same weights (`packed_bert`); this candle code is the training path (plain
+//! differentiable ops) and the reference the packed path is tested against.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
