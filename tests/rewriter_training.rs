@@ -1,6 +1,7 @@
-//! `train-rewriter` on the real SmolLM2 base: a few GRPO steps write a loadable adapter, a card
-//! and a log; `--resume` continues; the proxy serves the adapter (`[llm] adapter`) and answers;
-//! `eval-rewriter` compares the base and the adapter on the same held-out items.
+//! `train-rewriter` on the real SmolLM2 base: a warm start on the shield's picks and a few GRPO
+//! steps write a loadable adapter, a card and a log; `--resume` continues; the proxy serves the
+//! adapter (`[llm] adapter`) and answers; `eval-rewriter` compares the base and the adapter on
+//! the same held-out items.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,6 +14,7 @@ use support::key_hash;
 use support::proxy::Proxy;
 use support::touche_dir as data_dir;
 
+/// `steps` GRPO steps (after a small warm start on 2 items unless resuming).
 fn train(out: &std::path::Path, steps: usize, resume: bool) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_visa-proxy"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -32,6 +34,15 @@ fn train(out: &std::path::Path, steps: usize, resume: bool) -> std::process::Out
         .args(["--max-source-chars", "160"]);
     if resume {
         cmd.arg("--resume");
+    } else {
+        cmd.args([
+            "--warm-start",
+            "2",
+            "--warm-start-samples",
+            "3",
+            "--warm-start-epochs",
+            "1",
+        ]);
     }
     cmd.output().unwrap()
 }
@@ -73,6 +84,28 @@ async fn training_writes_a_resumable_adapter_that_the_proxy_serves() {
     assert_eq!(card["base_sha256"].as_str().unwrap().len(), 64);
     assert_eq!(card["reward"]["per_step"].as_array().unwrap().len(), 2);
 
+    // The warm start sampled 3 rewrites of 2 items and kept only ones the shield accepts.
+    assert!(stderr.contains("warm start 2/2"), "{stderr}");
+    let warm = &card["warm_start"];
+    assert_eq!(warm["items"], 2, "{card}");
+    let kept: Vec<Value> = std::fs::read_to_string(out.join("warm.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(warm["kept"], kept.len(), "{card}");
+    for k in &kept {
+        assert!(k["progress"].as_f64().unwrap() > 0.0, "{k}");
+        assert!(k["integrity"].as_f64().unwrap() >= 0.6, "{k}");
+        assert_ne!(k["rewrite"], k["original"], "{k}");
+    }
+    // One step per batch of 2 kept rewrites, one epoch.
+    assert_eq!(
+        warm["loss_per_step"].as_array().unwrap().len(),
+        kept.len().div_ceil(2),
+        "{card}"
+    );
+
     // The checkpoint keeps the optimizer's moments, so --resume continues the same run.
     assert!(out.join("optimizer.safetensors").is_file());
 
@@ -81,6 +114,10 @@ async fn training_writes_a_resumable_adapter_that_the_proxy_serves() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains("resuming at step 2"), "{stderr}");
+    assert!(
+        !stderr.contains("warm start 1/"),
+        "the warm start ran again: {stderr}"
+    );
     assert!(!stderr.contains("zero moments"), "{stderr}");
     let log = log_lines(&out);
     assert_eq!(log.len(), 3);

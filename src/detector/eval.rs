@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{CATEGORIES, Head, category_value};
 use crate::models::encoder::SentenceEncoder;
-use crate::models::service::embed_sorted;
+use crate::models::service::embed_batched;
 use crate::values::ValueId;
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -172,7 +172,7 @@ pub fn latency(
     let p = |q: f64| measured[((measured.len() - 1) as f64 * q).round() as usize];
     let batch: Vec<&str> = (0..32).map(|_| text.as_str()).collect();
     let t = Instant::now();
-    let _ = embed_sorted(encoder, &batch, 32);
+    let _ = embed_batched(encoder, &batch, 32);
     let per_sec = 32.0 / t.elapsed().as_secs_f64();
     (p(0.5), p(0.9), per_sec)
 }
@@ -206,14 +206,14 @@ fn long_texts(
         })
         .collect();
     let whole_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let whole = embed_sorted(encoder, &whole_refs, 16).map_err(anyhow::Error::msg)?;
+    let whole = embed_batched(encoder, &whole_refs, 16).map_err(anyhow::Error::msg)?;
     let whole_probs: Vec<[f32; 20]> = whole.iter().map(|v| head.probabilities(v)).collect();
     let per_text: Vec<Vec<String>> = texts
         .iter()
         .map(|t| super::windows(t, super::WINDOW_WORDS, super::MIN_WINDOW_WORDS))
         .collect();
     let flat: Vec<&str> = per_text.iter().flatten().map(String::as_str).collect();
-    let vecs = embed_sorted(encoder, &flat, 32).map_err(anyhow::Error::msg)?;
+    let vecs = embed_batched(encoder, &flat, 32).map_err(anyhow::Error::msg)?;
     let mut it = vecs.iter();
     let window_probs: Vec<[f32; 20]> = per_text
         .iter()
@@ -250,7 +250,7 @@ pub fn run(data: &Path, split: &str, encoder_dir: &Path, head_path: &Path) -> an
     let texts: Vec<&str> = items.iter().map(|a| a.text()).collect();
     let started = Instant::now();
     eprintln!("embedding {} texts of split {split} ...", texts.len());
-    let vectors = embed_sorted(&encoder, &texts, 32).map_err(anyhow::Error::msg)?;
+    let vectors = embed_batched(&encoder, &texts, 32).map_err(anyhow::Error::msg)?;
     let embed_s = started.elapsed().as_secs_f64();
     let probs: Vec<[f32; 20]> = vectors.iter().map(|v| head.probabilities(v)).collect();
     let gold: Vec<[u8; 20]> = items.iter().map(|a| a.labels).collect();

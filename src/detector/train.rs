@@ -13,7 +13,7 @@ use serde_json::json;
 use super::eval::{Report, best_threshold, evaluate, print_report};
 use super::{CATEGORIES, Head, MAPPING_NAME};
 use crate::models::encoder::{EncoderFiles, SentenceEncoder, sha256_hex};
-use crate::models::service::embed_sorted;
+use crate::models::service::embed_batched;
 
 /// Token limit used by the detector (sentence-transformers' setting for this encoder).
 pub const MAX_TOKENS: usize = 256;
@@ -226,7 +226,7 @@ fn embed_cached(
     let started = Instant::now();
     let mut out = Vec::with_capacity(texts.len());
     for (k, chunk) in texts.chunks(512).enumerate() {
-        out.extend(embed_sorted(encoder, chunk, 32).map_err(anyhow::Error::msg)?);
+        out.extend(embed_batched(encoder, chunk, 32).map_err(anyhow::Error::msg)?);
         eprintln!(
             "{label}: embedded {}/{} texts ({:.0} s)",
             (k * 512 + chunk.len()).min(texts.len()),

@@ -21,9 +21,10 @@ use super::lora::LoraConfig;
 use super::math::Objective;
 use super::sample::{Group, Rng, SampleConfig};
 use super::trainer::{StepStats, TrainConfig, Trainer};
+use super::warm::{self, WarmConfig, WarmPrompt};
 use crate::config::Config;
 use crate::models::gguf_tokenizer::GgufTokenizer;
-use crate::rewriter::{prompt, screen};
+use crate::rewriter::{prompt, screen, shield};
 use crate::score::Scorer;
 
 /// `train-rewriter`'s options (also the command line's, by `clap`).
@@ -79,6 +80,22 @@ pub struct TrainOptions {
     pub resume: bool,
     #[arg(long, default_value_t = 10)]
     pub checkpoint_every: usize,
+    /// Prompts for a supervised warm start before GRPO (0: none): sample
+    /// --warm-start-samples rewrites of each from the base, keep the best one the serving
+    /// shield accepts, and fit the adapters to the kept ones (rejection-sampling fine-tuning).
+    /// GRPO then starts on the items after these.
+    #[arg(long, default_value_t = 0)]
+    pub warm_start: usize,
+    #[arg(long, default_value_t = 8)]
+    pub warm_start_samples: usize,
+    /// Passes over the kept rewrites.
+    #[arg(long, default_value_t = 2)]
+    pub warm_start_epochs: usize,
+    /// Kept rewrites per supervised step.
+    #[arg(long, default_value_t = 2)]
+    pub warm_start_batch: usize,
+    #[arg(long, default_value_t = 2e-4)]
+    pub warm_start_lr: f64,
     #[arg(long, default_value_t = 80)]
     pub min_source_chars: usize,
     #[arg(long, default_value_t = 320)]
@@ -93,6 +110,9 @@ struct State {
     next_item: usize,
     rewards: Vec<f32>,
     seconds: f64,
+    /// What the warm start did (absent: none has run; a resumed run does not repeat it).
+    #[serde(default)]
+    warm: Option<serde_json::Value>,
 }
 
 pub fn adapter_path(out: &Path) -> PathBuf {
@@ -260,6 +280,7 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
         next_item: 0,
         rewards: Vec::new(),
         seconds: 0.0,
+        warm: None,
     };
     if o.resume {
         let sp = state_path(&o.out);
@@ -283,7 +304,7 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
         trainer.steps = state.step;
         eprintln!("resuming at step {}", state.step);
     }
-    let need = o.steps * o.prompts_per_step;
+    let need = o.steps * o.prompts_per_step + o.warm_start;
     let items = rt.block_on(items_for(o, &scorer, need))?;
     eprintln!(
         "{} training items; {} steps of {} prompt(s) x {} completions",
@@ -342,6 +363,7 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
                 "last_10_mean": mean(&last),
                 "per_step": state.rewards,
             },
+            "warm_start": state.warm,
             "steps": state.step,
             "seconds": state.seconds,
             "serve": format!("[llm] adapter = \"{}\"", adapter_path(&o.out).display()),
@@ -350,6 +372,13 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
         Ok(())
     };
 
+    if o.warm_start > 0 && state.warm.is_none() && !stopping.load(Ordering::SeqCst) {
+        let summary = warm_start(o, &config, &scorer, &tokenizer, &mut trainer, &items, &rt)?;
+        state.warm = Some(summary);
+        state.next_item = o.warm_start % items.len();
+        state.rng = trainer.rng.state();
+        save(&trainer, &state, false)?;
+    }
     let mut components_sum = std::collections::BTreeMap::<String, f32>::new();
     while state.step < o.steps && !stopping.load(Ordering::SeqCst) {
         let step_started = Instant::now();
@@ -422,9 +451,13 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
     save(&trainer, &state, state.step >= o.steps)?;
     eprintln!();
     println!(
-        "wrote {} and {} after {} steps ({:.0} s; {:.0} s in all with loading)",
+        "wrote {} and {} after {}{} GRPO steps ({:.0} s; {:.0} s in all with loading)",
         adapter_path(&o.out).display(),
         card_path(&o.out).display(),
+        match state.warm.as_ref().and_then(|w| w["seconds"].as_f64()) {
+            Some(s) => format!("a warm start ({s:.0} s) and "),
+            None => String::new(),
+        },
         state.step,
         state.seconds,
         started.elapsed().as_secs_f64()
@@ -434,6 +467,149 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
         adapter_path(&o.out).display()
     );
     Ok(())
+}
+
+/// The supervised warm start (`--warm-start N`): sample rewrites of the first N items, keep
+/// each item's best candidate that passes the serving screening and shield, write them to
+/// `OUT/warm.jsonl`, fit the adapters to them, and return a summary for the card.
+fn warm_start(
+    o: &TrainOptions,
+    config: &Config,
+    scorer: &Scorer,
+    tokenizer: &GgufTokenizer,
+    trainer: &mut Trainer,
+    items: &[(Item, crate::values::ValueVector)],
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
+    let chosen = &items[..o.warm_start.min(items.len())];
+    let prompts: Vec<WarmPrompt> = chosen
+        .iter()
+        .map(|(item, d)| {
+            Ok(WarmPrompt {
+                ids: tokenizer.encode(&prompt_text(item, d))?,
+                max_new_tokens: crate::rewriter::max_tokens(&config.rewriter, &item.text)
+                    .min(o.max_new_tokens),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut kept = Vec::new();
+    let end_of_turn = tokenizer
+        .tokenizer
+        .token_to_id("<|im_end|>")
+        .unwrap_or(tokenizer.eos);
+    let mut choose = |k: usize, g: &Group| -> anyhow::Result<Option<Vec<u32>>> {
+        let (item, _) = &chosen[k];
+        let profile = item.profile();
+        let mut texts = Vec::new();
+        let mut slots = Vec::new();
+        for (j, c) in g.completions.iter().enumerate() {
+            let (text, rejected) = screen(
+                &config.rewriter,
+                &item.text,
+                &tokenizer.decode(c)?,
+                g.finished[j],
+            );
+            if rejected.is_none() {
+                texts.push(text);
+                slots.push(j);
+            }
+        }
+        let mut best: Option<(usize, usize, crate::score::CandidateScore)> = None;
+        if !texts.is_empty() {
+            let scored = rt
+                .block_on(scorer.score(&profile, &item.text, &texts))
+                .map_err(|e| anyhow::anyhow!("scorer: {}", e.message))?;
+            for (n, (j, s)) in slots.iter().zip(scored.candidates).enumerate() {
+                if shield(&config.rewriter, scored.original.distance, &s).is_ok()
+                    && best.as_ref().is_none_or(|b| s.reward > b.2.reward)
+                {
+                    best = Some((*j, n, s));
+                }
+            }
+        }
+        eprintln!(
+            "warm start {}/{}: {} of {} candidates screened in, {}",
+            k + 1,
+            chosen.len(),
+            texts.len(),
+            g.completions.len(),
+            match &best {
+                Some((_, _, s)) => format!(
+                    "kept one (progress {:.2}, integrity {:.2})",
+                    s.progress, s.integrity
+                ),
+                None => "none passes the shield".to_owned(),
+            }
+        );
+        // Fit the screened text (what serving would return) and the end of the turn, not
+        // the raw sample with whatever preamble or notes the screening stripped.
+        let Some((j, n, s)) = best else {
+            return Ok(None);
+        };
+        let mut tokens = tokenizer.encode(&texts[n])?;
+        tokens.push(end_of_turn);
+        kept.push(json!({
+                "id": item.id,
+                "original": item.text,
+                "target": item.target,
+                "rewrite": texts[n],
+                "reward": s.reward,
+                "progress": s.progress,
+                "integrity": s.integrity,
+                "distance": s.fit.distance,
+                "raw": tokenizer.decode(&g.completions[j])?,
+        }));
+        Ok(Some(tokens))
+    };
+    let sample = trainer.config.sample.clone();
+    let picks = warm::collect(
+        trainer,
+        &prompts,
+        o.warm_start_samples,
+        &sample,
+        &mut choose,
+    )?;
+    let sampled_s = started.elapsed().as_secs_f64();
+    let mut out = String::new();
+    for k in &kept {
+        out.push_str(&serde_json::to_string(k)?);
+        out.push('\n');
+    }
+    std::fs::write(o.out.join("warm.jsonl"), out)?;
+    let cfg = WarmConfig {
+        samples: o.warm_start_samples,
+        epochs: o.warm_start_epochs,
+        batch: o.warm_start_batch,
+        learning_rate: o.warm_start_lr,
+    };
+    let losses = warm::fit(trainer, &prompts, &picks, &cfg, o.seed)?;
+    let mean_of = |key: &str| {
+        kept.iter().filter_map(|k| k[key].as_f64()).sum::<f64>() / kept.len().max(1) as f64
+    };
+    eprintln!(
+        "warm start: kept {} of {} items; {} supervised steps, loss {:.3} -> {:.3}; {:.0} s",
+        picks.len(),
+        prompts.len(),
+        losses.len(),
+        losses.first().copied().unwrap_or(0.0),
+        losses.last().copied().unwrap_or(0.0),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(json!({
+        "items": prompts.len(),
+        "samples_per_item": o.warm_start_samples,
+        "kept": picks.len(),
+        "kept_mean_progress": mean_of("progress"),
+        "kept_mean_integrity": mean_of("integrity"),
+        "epochs": o.warm_start_epochs,
+        "batch": o.warm_start_batch,
+        "learning_rate": o.warm_start_lr,
+        "loss_per_step": losses,
+        "sampling_seconds": sampled_s,
+        "seconds": started.elapsed().as_secs_f64(),
+        "kept_rewrites": "warm.jsonl",
+    }))
 }
 
 fn progress(s: &StepStats, total: usize, seconds: f64) {

@@ -12,6 +12,7 @@ pub mod optim;
 pub mod sample;
 pub mod skinny;
 pub mod trainer;
+pub mod warm;
 
 /// Largest absolute entry of `a - b` (tests compare tensors with it).
 #[cfg(test)]

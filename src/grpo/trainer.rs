@@ -162,26 +162,8 @@ impl Trainer {
         let Some(total) = total else {
             anyhow::bail!("no loss was computed");
         };
-        let mut grads = total.backward()?;
-        let mut sq = 0f32;
-        for (_, v) in &self.vars {
-            if let Some(g) = grads.get(v.as_tensor()) {
-                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()?;
-            }
-        }
-        let norm = sq.sqrt();
-        stats.grad_norm = norm;
-        let cap = self.config.max_grad_norm as f32;
-        if norm > cap && norm.is_finite() {
-            let s = (cap / (norm + 1e-6)) as f64;
-            for (_, v) in &self.vars {
-                if let Some(g) = grads.remove(v.as_tensor()) {
-                    grads.insert(v.as_tensor(), (g * s)?);
-                }
-            }
-        }
-        anyhow::ensure!(norm.is_finite(), "the gradient is not finite (norm {norm})");
-        self.opt.step(&grads)?;
+        stats.grad_norm =
+            clip_and_step(&self.vars, &mut self.opt, &total, self.config.max_grad_norm)?;
         self.steps += 1;
         let mean = all_rewards.iter().sum::<f32>() / all_rewards.len().max(1) as f32;
         stats.reward_mean = mean;
@@ -195,14 +177,91 @@ impl Trainer {
     }
 }
 
+impl Trainer {
+    /// A fresh AdamW over the adapters with learning rate `lr` (the warm start's own optimizer,
+    /// so GRPO later starts from zero moments at its own rate).
+    pub fn optimizer(&self, lr: f64) -> anyhow::Result<AdamW> {
+        Ok(AdamW::new(
+            &self.vars,
+            AdamWParams {
+                lr,
+                weight_decay: self.config.weight_decay,
+                ..Default::default()
+            },
+        )?)
+    }
+
+    /// One supervised step of the warm start: the mean over `pairs` of each completion's mean
+    /// negative log-likelihood after its prompt (adapters on), then a clipped AdamW step with
+    /// `opt`. Returns the loss before the step.
+    pub fn supervised_step(
+        &mut self,
+        pairs: &[(Vec<u32>, Vec<u32>)],
+        opt: &mut AdamW,
+    ) -> anyhow::Result<f32> {
+        anyhow::ensure!(!pairs.is_empty(), "no pairs for this step");
+        let n = pairs.len() as f64;
+        let mut total: Option<Tensor> = None;
+        for (prompt, completion) in pairs {
+            anyhow::ensure!(
+                !prompt.is_empty() && !completion.is_empty(),
+                "an empty prompt or completion"
+            );
+            let c = Tensor::new(completion.as_slice(), self.model.device())?.unsqueeze(0)?;
+            let logp = self.model.completion_logprobs(prompt, &c, true)?;
+            let nll = (logp.mean_all()?.neg()? / n)?;
+            total = Some(match total {
+                Some(t) => (t + nll)?,
+                None => nll,
+            });
+        }
+        let Some(total) = total else {
+            anyhow::bail!("no loss was computed");
+        };
+        let loss = total.to_scalar::<f32>()?;
+        clip_and_step(&self.vars, opt, &total, self.config.max_grad_norm)?;
+        Ok(loss)
+    }
+}
+
+/// Backward pass of `total`, the global gradient norm clipped to `max_norm`, one AdamW step.
+/// Returns the norm before clipping.
+fn clip_and_step(
+    vars: &[(String, Var)],
+    opt: &mut AdamW,
+    total: &Tensor,
+    max_norm: f64,
+) -> anyhow::Result<f32> {
+    let mut grads = total.backward()?;
+    let mut sq = 0f32;
+    for (_, v) in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()?;
+        }
+    }
+    let norm = sq.sqrt();
+    anyhow::ensure!(norm.is_finite(), "the gradient is not finite (norm {norm})");
+    let cap = max_norm as f32;
+    if norm > cap {
+        let s = (cap / (norm + 1e-6)) as f64;
+        for (_, v) in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * s)?);
+            }
+        }
+    }
+    opt.step(&grads)?;
+    Ok(norm)
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::grpo::llama::LlamaConfig;
     use crate::grpo::lora::LoraConfig;
     use candle_core::Device;
 
-    fn tiny_model() -> Llama {
+    pub(crate) fn tiny_model() -> Llama {
         let config = LlamaConfig {
             vocab: 16,
             hidden: 32,
@@ -225,7 +284,7 @@ mod tests {
         m
     }
 
-    fn config() -> TrainConfig {
+    pub(crate) fn config() -> TrainConfig {
         TrainConfig {
             group: 8,
             sample: SampleConfig {
@@ -246,7 +305,7 @@ mod tests {
     }
 
     /// Reward: the share of a completion's tokens that are token 7.
-    fn sevens(_: usize, g: &Group) -> anyhow::Result<Vec<f32>> {
+    pub(crate) fn sevens(_: usize, g: &Group) -> anyhow::Result<Vec<f32>> {
         Ok(g.completions
             .iter()
             .map(|c| c.iter().filter(|t| **t == 7).count() as f32 / c.len().max(1) as f32)
@@ -265,6 +324,37 @@ mod tests {
         let last: f32 = curve[35..].iter().sum::<f32>() / 5.0;
         assert!(last > first + 0.3 && last > 0.5, "reward curve: {curve:?}");
         println!("reward curve: {curve:?}");
+    }
+
+    #[test]
+    fn supervised_steps_teach_a_completion_and_leave_the_reference() {
+        let mut t = Trainer::new(tiny_model(), config(), 42).unwrap();
+        let prompt = vec![1u32, 2, 3];
+        let completion = vec![7u32, 9, 7, 0];
+        let ids = Tensor::new(&[[1u32, 2, 3, 7, 9, 7, 0]], &Device::Cpu).unwrap();
+        let ref_before = t.model.token_logprobs(&ids, 3, false).unwrap();
+        let mut opt = t.optimizer(0.02).unwrap();
+        let pairs = vec![(prompt.clone(), completion.clone())];
+        let losses: Vec<f32> = (0..30)
+            .map(|_| t.supervised_step(&pairs, &mut opt).unwrap())
+            .collect();
+        // A random 16-token model starts near ln 16 = 2.8 per token.
+        assert!(losses[0] > 1.5, "{losses:?}");
+        assert!(losses[29] < 0.3 * losses[0], "{losses:?}");
+        // Greedy decoding now gives the taught completion.
+        t.model.prepare_sampling().unwrap();
+        let greedy = SampleConfig {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_new_tokens: 6,
+            stop: vec![0],
+        };
+        let g = sample_group(&t.model, &prompt, 1, &greedy, &mut t.rng).unwrap();
+        assert_eq!(g.completions[0], completion);
+        // The reference (adapters off) is still the base.
+        let ref_after = t.model.token_logprobs(&ids, 3, false).unwrap();
+        assert_eq!(crate::grpo::max_abs_diff(&ref_after - &ref_before), 0.0);
+        assert!(t.supervised_step(&[], &mut opt).is_err());
     }
 
     #[test]

@@ -131,7 +131,7 @@ fn worker(
             .iter()
             .flat_map(|j| j.texts.iter().map(String::as_str))
             .collect();
-        let result = embed_sorted(&encoder, &all, max_batch);
+        let result = embed_batched(&encoder, &all, max_batch);
         let compute = started.elapsed();
         stats.batches.inc();
         stats.texts.inc_by(all.len() as u64);
@@ -157,21 +157,16 @@ fn worker(
     }
 }
 
-/// Embed in sub-batches of similar length (less padding), returning vectors in input order.
-pub fn embed_sorted(
+/// Embed in sub-batches of at most `max_batch` texts, vectors in input order. (The packed
+/// encoder path pads nothing, so the order of texts within a batch costs nothing.)
+pub fn embed_batched(
     encoder: &SentenceEncoder,
     texts: &[&str],
     max_batch: usize,
 ) -> Result<Vec<Vec<f32>>, String> {
-    let mut order: Vec<usize> = (0..texts.len()).collect();
-    order.sort_by_key(|&i| texts[i].len());
-    let mut out = vec![Vec::new(); texts.len()];
-    for chunk in order.chunks(max_batch.max(1)) {
-        let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
-        let vecs = encoder.embed_vecs(&batch).map_err(|e| e.to_string())?;
-        for (&i, v) in chunk.iter().zip(vecs) {
-            out[i] = v;
-        }
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(max_batch.max(1)) {
+        out.extend(encoder.embed_vecs(chunk).map_err(|e| e.to_string())?);
     }
     Ok(out)
 }

@@ -187,6 +187,29 @@ pub fn screen(
     }
 }
 
+/// The shield: a scored candidate may replace the original only if it is closer to the target
+/// by at least `min_improvement` and its semantic integrity is at least `min_integrity`; the
+/// error says which test failed. Serving and the training warm start apply the same rule.
+pub fn shield(
+    config: &RewriterConfig,
+    original_distance: f32,
+    s: &CandidateScore,
+) -> Result<(), String> {
+    if original_distance - s.fit.distance < config.min_improvement {
+        Err(format!(
+            "the best candidate did not move toward the target (distance {:.3} -> {:.3}, needed an improvement of {})",
+            original_distance, s.fit.distance, config.min_improvement
+        ))
+    } else if s.integrity < config.min_integrity {
+        Err(format!(
+            "the best candidate did not keep the meaning (integrity {:.3} < {}; facts kept {}/{})",
+            s.integrity, config.min_integrity, s.facts.kept, s.facts.total
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// Keep `text` when it finished within `max` characters; else its complete sentences within
 /// `max`; else reject it.
 fn cap_text(text: &str, max: usize, finished: bool) -> Result<String, Rejection> {
@@ -328,21 +351,7 @@ impl Rewriter {
             candidates[*i].score = Some(s);
         }
         // The best passing candidate wins; when none passes, the best one explains why.
-        let shield = |s: &CandidateScore| -> Result<(), String> {
-            if original_fit.distance - s.fit.distance < self.config.min_improvement {
-                Err(format!(
-                    "the best candidate did not move toward the target (distance {:.3} -> {:.3}, needed an improvement of {})",
-                    original_fit.distance, s.fit.distance, self.config.min_improvement
-                ))
-            } else if s.integrity < self.config.min_integrity {
-                Err(format!(
-                    "the best candidate did not keep the meaning (integrity {:.3} < {}; facts kept {}/{})",
-                    s.integrity, self.config.min_integrity, s.facts.kept, s.facts.total
-                ))
-            } else {
-                Ok(())
-            }
-        };
+        let shield = |s: &CandidateScore| shield(&self.config, original_fit.distance, s);
         let ranked = |only_passing: bool| {
             candidates
                 .iter()

@@ -87,17 +87,66 @@ const PREAMBLES: &[&str] = &[
     "ok,",
 ];
 
+/// Starts of a trailing line or paragraph that talks about the rewrite instead of being it.
 const COMMENTARY: &[&str] = &[
     "note:",
+    "note that",
+    "notes:",
+    "explanation",
+    "changes:",
+    "changes made",
     "this rewrite",
     "this version",
-    "i hope",
+    "this revised",
+    "this rewritten",
     "in this rewrite",
+    "in this version",
+    "in the rewrite",
+    "in the revised",
+    "in the rewritten",
+    "in the original",
+    "the original",
+    "the rewritten",
+    "the revised",
+    "i hope",
     "let me know",
-    "i have rewritten",
-    "i've rewritten",
-    "changes made",
 ];
+
+/// Verbs with which a trailing first-person paragraph reports an edit ("I made a few
+/// changes", "I've removed ..."), after "i ", "i've " or "i have ".
+const EDIT_VERBS: &[&str] = &[
+    "made",
+    "changed",
+    "removed",
+    "added",
+    "replaced",
+    "rephrased",
+    "kept",
+    "rewrote",
+    "rewritten",
+    "revised",
+    "corrected",
+    "edited",
+    "adjusted",
+    "modified",
+    "used",
+    "tried",
+];
+
+/// Whether a trailing line or paragraph is commentary about the rewrite.
+fn is_commentary(block: &str) -> bool {
+    let lower = block.trim().to_lowercase().replace('\u{2019}', "'");
+    let lower = lower.trim_start_matches(['(', '*', '-', ' ']);
+    if COMMENTARY.iter().any(|c| lower.starts_with(c)) {
+        return true;
+    }
+    ["i ", "i've ", "i have "].iter().any(|p| {
+        lower.strip_prefix(p).is_some_and(|rest| {
+            let rest = rest.trim_start_matches("also ").trim_start_matches("just ");
+            EDIT_VERBS.iter().any(|v| rest.starts_with(v))
+        })
+    })
+}
 
 /// Strip what is not the rewrite: a leading "Here is ..." line or sentence, wrapping quotes,
 /// trailing notes about the rewrite.
@@ -118,15 +167,16 @@ pub fn clean(raw: &str) -> String {
             _ => return String::new(),
         }
     }
-    // Trailing commentary paragraphs or lines.
-    while let Some(i) = text.rfind('\n') {
-        let last = text[i + 1..].trim().to_lowercase();
-        let last = last.trim_start_matches(['(', '*', '-', ' ']);
-        if last.is_empty() || COMMENTARY.iter().any(|c| last.starts_with(c)) {
-            text.truncate(i);
-            text = text.trim_end().to_owned();
-        } else {
-            break;
+    // Trailing commentary: from the end, drop each paragraph (blank-line separated) or last
+    // line that talks about the rewrite; the first paragraph is the rewrite and stays.
+    loop {
+        let paragraph = text.rfind("\n\n").filter(|i| is_commentary(&text[i + 2..]));
+        let line = text
+            .rfind('\n')
+            .filter(|i| text[i + 1..].trim().is_empty() || is_commentary(&text[i + 1..]));
+        match paragraph.or(line) {
+            Some(i) => text = text[..i].trim_end().to_owned(),
+            None => break,
         }
     }
     let t = text.trim();
@@ -182,6 +232,32 @@ mod tests {
             "Plain answer, nothing to strip."
         );
         assert_eq!(clean("Here is the rewrite:"), "");
+        // Notes about the edit, as small models append them, in one or several paragraphs.
+        assert_eq!(
+            clean(
+                "We care about you.\n\nI made a few changes to improve the text. First, I added an apostrophe."
+            ),
+            "We care about you."
+        );
+        assert_eq!(
+            clean(
+                "We care.\nWe help.\n\nIn the original sentence, I changed \"it can\".\n\nThe original was\nrephrased to be concise."
+            ),
+            "We care.\nWe help."
+        );
+        assert_eq!(
+            clean("We care.\n\nI\u{2019}ve also removed a word.\nI hope this helps!"),
+            "We care."
+        );
+        // First-person text that is not about an edit stays, and so does a lone paragraph.
+        assert_eq!(
+            clean("We care.\n\nI believe kindness matters."),
+            "We care.\n\nI believe kindness matters."
+        );
+        assert_eq!(
+            clean("I made this choice freely."),
+            "I made this choice freely."
+        );
         assert_eq!(clean("  "), "");
     }
 }
