@@ -373,11 +373,27 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
     };
 
     if o.warm_start > 0 && state.warm.is_none() && !stopping.load(Ordering::SeqCst) {
-        let summary = warm_start(o, &config, &scorer, &tokenizer, &mut trainer, &items, &rt)?;
-        state.warm = Some(summary);
-        state.next_item = o.warm_start % items.len();
-        state.rng = trainer.rng.state();
-        save(&trainer, &state, false)?;
+        let stop = || stopping.load(Ordering::SeqCst);
+        match warm_start(
+            o,
+            &config,
+            &scorer,
+            &tokenizer,
+            &mut trainer,
+            &items,
+            &rt,
+            &stop,
+        )? {
+            Some(summary) => {
+                state.warm = Some(summary);
+                state.next_item = o.warm_start % items.len();
+                state.rng = trainer.rng.state();
+                save(&trainer, &state, false)?;
+            }
+            None => eprintln!(
+                "Ctrl-C during the warm start: nothing of it is kept (a --resume starts it again)"
+            ),
+        }
     }
     let mut components_sum = std::collections::BTreeMap::<String, f32>::new();
     while state.step < o.steps && !stopping.load(Ordering::SeqCst) {
@@ -448,7 +464,8 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
             save(&trainer, &state, false)?;
         }
     }
-    save(&trainer, &state, state.step >= o.steps)?;
+    let finished = state.step >= o.steps && (o.warm_start == 0 || state.warm.is_some());
+    save(&trainer, &state, finished)?;
     eprintln!();
     println!(
         "wrote {} and {} after {}{} GRPO steps ({:.0} s; {:.0} s in all with loading)",
@@ -471,7 +488,9 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
 
 /// The supervised warm start (`--warm-start N`): sample rewrites of the first N items, keep
 /// each item's best candidate that passes the serving screening and shield, write them to
-/// `OUT/warm.jsonl`, fit the adapters to them, and return a summary for the card.
+/// `OUT/warm.jsonl`, fit the adapters to them, and return a summary for the card; `None` when
+/// `stop()` (Ctrl-C) interrupted the sampling, before anything was fitted.
+#[allow(clippy::too_many_arguments)]
 fn warm_start(
     o: &TrainOptions,
     config: &Config,
@@ -480,7 +499,8 @@ fn warm_start(
     trainer: &mut Trainer,
     items: &[(Item, crate::values::ValueVector)],
     rt: &tokio::runtime::Runtime,
-) -> anyhow::Result<serde_json::Value> {
+    stop: &dyn Fn() -> bool,
+) -> anyhow::Result<Option<serde_json::Value>> {
     let started = Instant::now();
     let chosen = &items[..o.warm_start.min(items.len())];
     let prompts: Vec<WarmPrompt> = chosen
@@ -569,7 +589,11 @@ fn warm_start(
         o.warm_start_samples,
         &sample,
         &mut choose,
+        stop,
     )?;
+    if stop() {
+        return Ok(None);
+    }
     let sampled_s = started.elapsed().as_secs_f64();
     let mut out = String::new();
     for k in &kept {
@@ -596,7 +620,7 @@ fn warm_start(
         losses.last().copied().unwrap_or(0.0),
         started.elapsed().as_secs_f64()
     );
-    Ok(json!({
+    Ok(Some(json!({
         "items": prompts.len(),
         "samples_per_item": o.warm_start_samples,
         "kept": picks.len(),
@@ -609,7 +633,7 @@ fn warm_start(
         "sampling_seconds": sampled_s,
         "seconds": started.elapsed().as_secs_f64(),
         "kept_rewrites": "warm.jsonl",
-    }))
+    })))
 }
 
 fn progress(s: &StepStats, total: usize, seconds: f64) {

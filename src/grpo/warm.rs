@@ -40,13 +40,15 @@ pub type Choose<'a> = dyn FnMut(usize, &Group) -> anyhow::Result<Option<Vec<u32>
 /// the completions or a cleaned-up version of one (the rewrite without the preambles and notes
 /// the serving rewriter strips, so the policy learns to leave them out). `sample` gives
 /// temperature, top-p and stop tokens; each prompt's own token limit replaces its
-/// `max_new_tokens`.
+/// `max_new_tokens`. `stop()` is asked before each prompt; when it says so, the picks so far
+/// come back.
 pub fn collect(
     trainer: &mut Trainer,
     prompts: &[WarmPrompt],
     samples: usize,
     sample: &SampleConfig,
     choose: &mut Choose<'_>,
+    stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<Vec<Pick>> {
     anyhow::ensure!(
         samples > 0,
@@ -55,6 +57,9 @@ pub fn collect(
     trainer.model.prepare_sampling()?;
     let mut picks = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
+        if stop() {
+            break;
+        }
         let cfg = SampleConfig {
             max_new_tokens: p.max_new_tokens,
             ..sample.clone()
@@ -141,7 +146,19 @@ mod tests {
                 .filter(|b| r[*b] > 0.0)
                 .map(|b| g.completions[b].clone()))
         };
-        let picks = collect(&mut t, &prompts, 16, &sample, &mut choose).unwrap();
+        // Asked to stop before the first prompt: nothing is sampled.
+        let asked = std::cell::Cell::new(0);
+        let stop_now = || {
+            asked.set(asked.get() + 1);
+            true
+        };
+        assert!(
+            collect(&mut t, &prompts, 16, &sample, &mut choose, &stop_now)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(asked.get(), 1);
+        let picks = collect(&mut t, &prompts, 16, &sample, &mut choose, &|| false).unwrap();
         // This random model never writes a 7 after [1, 2, 3]: that prompt has no pick.
         assert_eq!(picks.len(), 1, "{picks:?}");
         assert_eq!(picks[0].prompt, 1);
