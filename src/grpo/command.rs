@@ -416,24 +416,12 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
         components_sum.clear();
         let mut reward = |k: usize, g: &Group| -> anyhow::Result<Vec<f32>> {
             let (item, _) = chosen[k];
-            let profile = item.profile();
-            let mut texts = Vec::new();
-            let mut slots = Vec::new();
+            let screened = screen_and_score(&config, &tokenizer, &scorer, &rt, item, g)?;
+            let slots = &screened.slots;
             let mut rewards = vec![0.0f32; g.completions.len()];
-            for (j, c) in g.completions.iter().enumerate() {
-                let raw = tokenizer.decode(c)?;
-                let (text, rejected) = screen(&config.rewriter, &item.text, &raw, g.finished[j]);
-                if rejected.is_none() {
-                    texts.push(text);
-                    slots.push(j);
-                }
-            }
             *components_sum.entry("rejected".into()).or_default() +=
                 (g.completions.len() - slots.len()) as f32;
-            if !texts.is_empty() {
-                let scored = rt
-                    .block_on(scorer.score(&profile, &item.text, &texts))
-                    .map_err(|e| anyhow::anyhow!("scorer: {}", e.message))?;
+            if let Some(scored) = &screened.scored {
                 for (j, s) in slots.iter().zip(&scored.candidates) {
                     rewards[*j] = s.reward;
                     *components_sum.entry("precision".into()).or_default() += s.fit.precision;
@@ -486,6 +474,48 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A group's completions as the serving rewriter would see them: each decoded and put
+/// through its screening; the texts that pass, the completion each came from, and their
+/// scores by the serving scorer (`None` when none passes).
+struct Screened {
+    texts: Vec<String>,
+    slots: Vec<usize>,
+    scored: Option<crate::score::Scored>,
+}
+
+fn screen_and_score(
+    config: &Config,
+    tokenizer: &GgufTokenizer,
+    scorer: &Scorer,
+    rt: &tokio::runtime::Runtime,
+    item: &Item,
+    g: &Group,
+) -> anyhow::Result<Screened> {
+    let mut texts = Vec::new();
+    let mut slots = Vec::new();
+    for (j, c) in g.completions.iter().enumerate() {
+        let raw = tokenizer.decode(c)?;
+        let (text, rejected) = screen(&config.rewriter, &item.text, &raw, g.finished[j]);
+        if rejected.is_none() {
+            texts.push(text);
+            slots.push(j);
+        }
+    }
+    let scored = if texts.is_empty() {
+        None
+    } else {
+        Some(
+            rt.block_on(scorer.score(&item.profile(), &item.text, &texts))
+                .map_err(|e| anyhow::anyhow!("scorer: {}", e.message))?,
+        )
+    };
+    Ok(Screened {
+        texts,
+        slots,
+        scored,
+    })
+}
+
 /// The supervised warm start (`--warm-start N`): sample rewrites of the first N items, keep
 /// each item's best candidate that passes the serving screening and shield, write them to
 /// `OUT/warm.jsonl`, fit the adapters to them, and return a summary for the card; `None` when
@@ -520,26 +550,13 @@ fn warm_start(
         .unwrap_or(tokenizer.eos);
     let mut choose = |k: usize, g: &Group| -> anyhow::Result<Option<Vec<u32>>> {
         let (item, _) = &chosen[k];
-        let profile = item.profile();
-        let mut texts = Vec::new();
-        let mut slots = Vec::new();
-        for (j, c) in g.completions.iter().enumerate() {
-            let (text, rejected) = screen(
-                &config.rewriter,
-                &item.text,
-                &tokenizer.decode(c)?,
-                g.finished[j],
-            );
-            if rejected.is_none() {
-                texts.push(text);
-                slots.push(j);
-            }
-        }
+        let Screened {
+            texts,
+            slots,
+            scored,
+        } = screen_and_score(config, tokenizer, scorer, rt, item, g)?;
         let mut best: Option<(usize, usize, crate::score::CandidateScore)> = None;
-        if !texts.is_empty() {
-            let scored = rt
-                .block_on(scorer.score(&profile, &item.text, &texts))
-                .map_err(|e| anyhow::anyhow!("scorer: {}", e.message))?;
+        if let Some(scored) = scored {
             for (n, (j, s)) in slots.iter().zip(scored.candidates).enumerate() {
                 if shield(&config.rewriter, scored.original.distance, &s).is_ok()
                     && best.as_ref().is_none_or(|b| s.reward > b.2.reward)

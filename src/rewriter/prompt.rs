@@ -104,12 +104,32 @@ const COMMENTARY: &[&str] = &[
     "in the rewrite",
     "in the revised",
     "in the rewritten",
-    "in the original",
-    "the original",
     "the rewritten",
     "the revised",
     "i hope",
     "let me know",
+];
+
+/// What "the original ..." / "in the original ..." names when it talks about the edit; a
+/// paragraph about "the original Constitution" is text, not commentary.
+const ORIGINAL_NOUNS: &[&str] = &[
+    "text",
+    "sentence",
+    "version",
+    "input",
+    "answer",
+    "passage",
+    "paragraph",
+    "statement",
+    "message",
+    "response",
+    "wording",
+    "phrasing",
+    "was",
+    "is",
+    "had",
+    "said",
+    "read",
 ];
 
 /// Verbs with which a trailing first-person paragraph reports an edit ("I made a few
@@ -139,6 +159,22 @@ fn is_commentary(block: &str) -> bool {
     let lower = lower.trim_start_matches(['(', '*', '-', ' ']);
     if COMMENTARY.iter().any(|c| lower.starts_with(c)) {
         return true;
+    }
+    let original = ["in the original ", "the original "]
+        .iter()
+        .find_map(|p| lower.strip_prefix(p));
+    if let Some(rest) = original {
+        let word = rest
+            .split(|c: char| !c.is_alphanumeric())
+            .next()
+            .unwrap_or("");
+        let word = word
+            .strip_suffix('s')
+            .filter(|w| ORIGINAL_NOUNS.contains(w))
+            .unwrap_or(word);
+        if ORIGINAL_NOUNS.contains(&word) {
+            return true;
+        }
     }
     ["i ", "i've ", "i have "].iter().any(|p| {
         lower.strip_prefix(p).is_some_and(|rest| {
@@ -253,6 +289,19 @@ mod tests {
         assert_eq!(
             clean("We care.\n\nI believe kindness matters."),
             "We care.\n\nI believe kindness matters."
+        );
+        // "The original ..." is commentary only when it names the text being edited.
+        assert_eq!(
+            clean("We care.\n\nThe original Constitution protects speech."),
+            "We care.\n\nThe original Constitution protects speech."
+        );
+        assert_eq!(
+            clean("We care.\n\nIn the original treaty, both sides agreed."),
+            "We care.\n\nIn the original treaty, both sides agreed."
+        );
+        assert_eq!(
+            clean("We care.\n\nThe original texts were harsher."),
+            "We care."
         );
         assert_eq!(
             clean("I made this choice freely."),
