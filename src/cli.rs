@@ -112,6 +112,18 @@ pub enum Command {
     /// held-out items: value L2/cosine to the target, distance closed, consistency, JSR,
     /// shield fallbacks, length, latency. Writes OUT/eval.md and OUT/eval.json.
     EvalRewriter(crate::rewriter::eval::EvalOptions),
+    /// The paired table of a saved eval-rewriter run: each rewriter against a baseline on the
+    /// same items, mean differences with 95% paired-bootstrap intervals (eval-rewriter prints
+    /// it against the base itself).
+    CompareEval {
+        /// An eval.json written by eval-rewriter.
+        file: PathBuf,
+        /// The baseline's row in the table (0 = the prompt-only base).
+        #[arg(long, default_value_t = 0)]
+        baseline: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// Merge a trained adapter into its base GGUF (re-quantized to Q8_0); the proxy does this
     /// itself for `[llm] adapter`.
     MergeAdapter {
@@ -150,6 +162,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Healthcheck { url } => healthcheck(&url),
         Command::TrainRewriter(o) => crate::grpo::command::run(&o),
         Command::EvalRewriter(o) => crate::rewriter::eval::run(&o),
+        Command::CompareEval {
+            file,
+            baseline,
+            seed,
+        } => crate::rewriter::compare::run(&file, baseline, seed),
         Command::MergeAdapter {
             adapter,
             base,

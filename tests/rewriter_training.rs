@@ -221,4 +221,32 @@ upstreams = ["local"]
             .collect()
     };
     assert_eq!(ids(0), ids(1));
+    // The paired comparison with the base: the same six measures in eval.json and eval.md,
+    // each mean inside its interval, and compare-eval reproducing it from the saved file.
+    let paired = report["paired"].as_array().unwrap();
+    assert_eq!(paired.len(), 1, "{report}");
+    let diffs = paired[0]["differences"].as_array().unwrap();
+    assert_eq!(diffs.len(), 6);
+    for d in diffs {
+        let (m, lo, hi) = (
+            d["mean"].as_f64().unwrap(),
+            d["low"].as_f64().unwrap(),
+            d["high"].as_f64().unwrap(),
+        );
+        assert!(lo <= m + 1e-6 && m <= hi + 1e-6, "{d}");
+    }
+    assert!(md.contains("Paired differences from the base"), "{md}");
+    let run = Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
+        .arg("compare-eval")
+        .arg(eval_dir.join("eval.json"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let table = String::from_utf8_lossy(&run.stdout);
+    assert!(table.contains(" vs base (prompt only) | 2 |"), "{table}");
+    assert!(md.contains(table.trim()), "{md}\n---\n{table}");
 }

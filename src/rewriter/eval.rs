@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Decision, RewriteBackend, Rewriter};
@@ -52,7 +52,7 @@ pub struct EvalOptions {
 }
 
 /// One item under one rewriter.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ItemResult {
     pub id: String,
     pub text: String,
@@ -312,6 +312,7 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
         }
         let mut summaries = Vec::new();
         let mut details = Vec::new();
+        let mut all = Vec::new();
         for (name, adapter) in rewriters {
             let mut llm = config.llm.clone();
             llm.adapter = adapter.map(|a| a.display().to_string());
@@ -329,16 +330,21 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
             eprintln!("{}", table(std::slice::from_ref(&s)));
             summaries.push(s);
             details.push(json!({"rewriter": name, "items": results}));
+            all.push((name, results));
         }
+        let paired = super::compare::against_first(&all, o.seed)?;
         std::fs::create_dir_all(&o.out)?;
-        let md = format!(
+        let mut md = format!(
             "Held-out: {} items of the {} split ({}..{} characters, seed {}); targets: the detected vector shifted on 1-2 values by 0.2/0.35/0.5. Consistency: min over both directions of encoder similarity x share of facts kept. One greedy candidate per rewriter, the serving prompt and screening; a rejected candidate counts as the original. Second scorer: a bag-of-words logistic regression (hashed word unigrams and bigrams) trained on {} arguments of the training split, sharing nothing with the detector (validation macro-F1 {:.3} over the 20 categories, {:.3} over the 10 values); its target is its own reading of the original shifted as the detector's target shifts the detector's reading; `agrees`: share of the rewrites the detector says moved toward the target that it says moved toward it too.\n\n{}",
             items.len(), o.split, o.min_source_chars, o.max_source_chars, o.seed, second.trained_on, second.report.macro_f1_categories, second.report.macro_f1_values, table(&summaries)
         );
+        if !paired.is_empty() {
+            md.push_str(&format!("\nPaired differences from the base on the same items (mean per item, 95% paired-bootstrap interval of {} resamples, seed {}; bold where the interval leaves 0 out; pt = percentage points):\n\n{}", super::compare::DRAWS, o.seed, super::compare::table(&paired)));
+        }
         std::fs::write(o.out.join("eval.md"), &md)?;
         std::fs::write(
             o.out.join("eval.json"),
-            serde_json::to_vec_pretty(&json!({"summaries": summaries, "details": details, "second_scorer": {"kind": "bag-of-words logistic regression (hashed unigrams and bigrams)", "trained_on": second.trained_on, "validation": second.report}}))?,
+            serde_json::to_vec_pretty(&json!({"summaries": summaries, "paired": paired, "details": details, "second_scorer": {"kind": "bag-of-words logistic regression (hashed unigrams and bigrams)", "trained_on": second.trained_on, "validation": second.report}}))?,
         )?;
         println!("{md}");
         Ok::<(), anyhow::Error>(())

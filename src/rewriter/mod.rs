@@ -2,6 +2,7 @@
 //! model or a remote OpenAI-compatible endpoint), reject empty, truncated and runaway ones, score
 //! the rest with the composite reward, keep the best, and let the shield decide.
 
+pub mod compare;
 pub mod eval;
 pub mod prompt;
 
