@@ -43,6 +43,10 @@ detector_head = "{root}/assets/detector/head.safetensors"
 [llm]
 model = "{root}/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 max_tokens = 256
+[rewriter]
+# One round of candidates, as the figures in the README were measured; with more rounds a
+# rewrite the shield refuses takes up to that many times as long.
+rounds = 1
 [enforce]
 first_window_chars = 40
 window_chars = 160

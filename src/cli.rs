@@ -112,13 +112,15 @@ pub enum Command {
     /// held-out items: value L2/cosine to the target, distance closed, consistency, JSR,
     /// shield fallbacks, length, latency. Writes OUT/eval.md and OUT/eval.json.
     EvalRewriter(crate::rewriter::eval::EvalOptions),
-    /// The paired table of a saved eval-rewriter run: each rewriter against a baseline on the
+    /// The paired table of saved eval-rewriter runs: each rewriter against a baseline on the
     /// same items, mean differences with 95% paired-bootstrap intervals (eval-rewriter prints
     /// it against the base itself).
     CompareEval {
-        /// An eval.json written by eval-rewriter.
-        file: PathBuf,
-        /// The baseline's row in the table (0 = the prompt-only base).
+        /// eval.json files written by eval-rewriter on the same items; their rewriters are
+        /// numbered in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The baseline's number among them (0 = the first file's prompt-only base).
         #[arg(long, default_value_t = 0)]
         baseline: usize,
         #[arg(long, default_value_t = 7)]
@@ -163,10 +165,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::TrainRewriter(o) => crate::grpo::command::run(&o),
         Command::EvalRewriter(o) => crate::rewriter::eval::run(&o),
         Command::CompareEval {
-            file,
+            files,
             baseline,
             seed,
-        } => crate::rewriter::compare::run(&file, baseline, seed),
+        } => crate::rewriter::compare::run(&files, baseline, seed),
         Command::MergeAdapter {
             adapter,
             base,

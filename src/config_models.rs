@@ -126,6 +126,14 @@ pub struct RewriterConfig {
     pub model: Option<String>,
     /// Candidates generated per rewrite (the best one is kept); the first is greedy.
     pub candidates: usize,
+    /// Rounds of candidates: when no candidate of a round passes the shield, `candidates` more
+    /// are sampled, up to this many rounds; the first round holding a passing candidate ends
+    /// the search (its best passing candidate is kept).
+    pub rounds: usize,
+    /// No further round starts once the rewrite has taken this long (0: no limit), so that a
+    /// long answer the shield keeps refusing costs about one round more than this, not
+    /// `rounds` rounds.
+    pub round_budget_ms: u64,
     /// Generate candidates concurrently (the engine batches them) rather than one by one.
     pub parallel: bool,
     pub temperature: f64,
@@ -152,6 +160,8 @@ impl Default for RewriterConfig {
             upstream: None,
             model: None,
             candidates: 2,
+            rounds: 3,
+            round_budget_ms: 20_000,
             parallel: false,
             temperature: 0.5,
             top_p: 0.95,
@@ -169,6 +179,9 @@ impl RewriterConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.candidates == 0 || self.candidates > 16 {
             return Err(config_err("rewriter.candidates", "must be in 1..=16"));
+        }
+        if self.rounds == 0 || self.rounds > 8 {
+            return Err(config_err("rewriter.rounds", "must be in 1..=8"));
         }
         if self.max_length_ratio.is_nan() || self.max_length_ratio <= 1.0 {
             return Err(config_err("rewriter.max_length_ratio", "must be above 1"));

@@ -84,8 +84,10 @@ self_manage_profile = true
 
 /// A shield that lets any well-formed candidate through, so rewrites are deterministic enough
 /// to test the plumbing; the fallback proxy below uses an impossible threshold instead.
-const LENIENT: &str = "min_improvement = -1.0\nmin_integrity = 0.0";
-const IMPOSSIBLE: &str = "min_integrity = 1.01";
+/// Both allow more rounds of candidates: the lenient shield stops at the first round with a
+/// usable candidate, the impossible one tries them all.
+const LENIENT: &str = "min_improvement = -1.0\nmin_integrity = 0.0\nrounds = 3";
+const IMPOSSIBLE: &str = "min_integrity = 1.01\nrounds = 2";
 
 fn start(mock: &MockUpstream, rewriter: &str) -> Proxy {
     Proxy::start(&config(mock, rewriter), &[("VISA_ADMIN_KEY", ADMIN)])
@@ -312,6 +314,32 @@ async fn json_answers_are_audited_rewritten_and_blocked() {
         assert!(report["after"]["distance"].is_number(), "{v}");
         assert!(report["integrity"].is_number(), "{v}");
     }
+    // Rounds: the search stops after the first round (of 2 candidates) holding one that the
+    // (lenient) shield passes, i.e. one the screening did not reject.
+    let r: Value = client()
+        .post(proxy.url("/v1/values/rewrite"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"text": OFF_PROFILE, "tenant_id": "acme"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let c = r["candidates"].as_array().unwrap();
+    let usable = |round: &[Value]| round.iter().any(|c| c.get("rejected").is_none());
+    let rounds: Vec<&[Value]> = c.chunks(2).collect();
+    assert!(
+        c.len().is_multiple_of(2) && (2..=6).contains(&c.len()),
+        "{r}"
+    );
+    if usable(rounds[rounds.len() - 1]) {
+        assert_eq!(r["decision"], "rewritten", "{r}");
+        assert!(rounds[..rounds.len() - 1].iter().all(|x| !usable(x)), "{r}");
+    } else {
+        assert_eq!(rounds.len(), 3, "{r}");
+    }
+
     // The tenant's other clients see their own answers untouched: globex has no profile.
     let (_, h, v) = chat(&proxy, "sk-globex", json_body(1)).await;
     assert_eq!(v["choices"][0]["message"]["content"], OFF_PROFILE);
@@ -471,7 +499,8 @@ async fn the_shield_falls_back_and_disconnects_cancel_rewrites() {
         .await
         .unwrap();
     assert_eq!(r["decision"], "blocked", "{r}");
-    assert_eq!(r["candidates"].as_array().unwrap().len(), 2, "{r}");
+    // No candidate can pass, so both rounds of two ran.
+    assert_eq!(r["candidates"].as_array().unwrap().len(), 4, "{r}");
     assert!(r["original"]["distance"].as_f64().unwrap() > 0.3, "{r}");
     for (body, key, status, param) in [
         (json!({"tenant_id": "acme"}), ADMIN, 422, "text"),
@@ -549,12 +578,10 @@ async fn openai_sdk_reads_a_rewritten_stream() {
     assert!(stdout.contains("2 passed, 0 failed"), "{stdout}\n{stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_remote_rewriter_is_one_config_block_away() {
-    let mock = MockUpstream::start().await;
-    // No local model at all: the rewriter is the "gpu" upstream (here the mock, which answers
-    // "echo: <the user message>", i.e. the text to rewrite with a prefix).
-    let text = config(&mock, LENIENT)
+/// The test config with no local model and the rewriter on the "gpu" upstream (the mock,
+/// which answers "echo: <the user message>", i.e. the text to rewrite with a prefix).
+fn remote_config(mock: &MockUpstream, rewriter: &str) -> String {
+    config(mock, rewriter)
         .replace("[llm]\n", "[llm]\nenabled = false\n")
         .replace(
             "candidates = 2",
@@ -567,7 +594,15 @@ async fn a_remote_rewriter_is_one_config_block_away() {
                 mock.base_url()
             ),
         )
-        .replace("upstreams = [\"local\"]", "upstreams = [\"gpu\"]");
+        .replace("upstreams = [\"local\"]", "upstreams = [\"gpu\"]")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_rewriter_is_one_config_block_away() {
+    let mock = MockUpstream::start().await;
+    // No local model at all: the rewriter is the "gpu" upstream (here the mock, which answers
+    // "echo: <the user message>", i.e. the text to rewrite with a prefix).
+    let text = remote_config(&mock, LENIENT);
     let proxy = Proxy::start(&text, &[("VISA_ADMIN_KEY", ADMIN)]);
     set_profile(&proxy, "sk-acme", caring("rewrite", "original", "window")).await;
     let (_, h, v) = chat(&proxy, "sk-acme", json_body(1)).await;
@@ -582,4 +617,36 @@ async fn a_remote_rewriter_is_one_config_block_away() {
     let system = asked["messages"][0]["content"].as_str().unwrap();
     assert!(system.contains("talk much more about care"), "{system}");
     assert!(system.contains("How do I succeed in business?"), "{system}");
+}
+
+/// Rounds of candidates stop at `rounds`, or earlier once `round_budget_ms` is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_of_candidates_stop_at_the_limit_or_the_time_budget() {
+    let mock = MockUpstream::start().await;
+    for (budget, expected) in [(0, 3), (1, 1)] {
+        let rewriter =
+            format!("{IMPOSSIBLE}\nround_budget_ms = {budget}").replace("rounds = 2", "rounds = 3");
+        let proxy = Proxy::start(
+            &remote_config(&mock, &rewriter),
+            &[("VISA_ADMIN_KEY", ADMIN)],
+        );
+        let r: Value = client()
+            .post(proxy.url("/v1/values/rewrite"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"text": OFF_PROFILE, "profile": caring("rewrite", "original", "window")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["decision"], "fallback", "{r}");
+        let c = r["candidates"].as_array().unwrap();
+        assert_eq!(c.len(), expected, "budget {budget} ms: {r}");
+        assert!(
+            c.iter()
+                .all(|c| c["text"] == format!("echo: {OFF_PROFILE}")),
+            "{r}"
+        );
+    }
 }

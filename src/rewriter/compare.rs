@@ -165,8 +165,10 @@ pub fn against_first(
         .collect()
 }
 
-/// `visa-proxy compare-eval FILE`: the paired table of a saved `eval.json`.
-pub fn run(file: &std::path::Path, baseline: usize, seed: u64) -> anyhow::Result<()> {
+/// `visa-proxy compare-eval FILE...`: the paired table of saved `eval.json` files (their
+/// rewriters in order, e.g. the same items evaluated with different `--candidates/--rounds`),
+/// each against the `baseline`-th.
+pub fn run(files: &[std::path::PathBuf], baseline: usize, seed: u64) -> anyhow::Result<()> {
     #[derive(serde::Deserialize)]
     struct Detail {
         rewriter: String,
@@ -176,17 +178,28 @@ pub fn run(file: &std::path::Path, baseline: usize, seed: u64) -> anyhow::Result
     struct Saved {
         details: Vec<Detail>,
     }
-    let saved: Saved = serde_json::from_slice(&std::fs::read(file)?)
-        .map_err(|e| anyhow::anyhow!("{}: not an eval-rewriter eval.json: {e}", file.display()))?;
-    let Some(base) = saved.details.get(baseline) else {
+    let mut details = Vec::new();
+    for file in files {
+        let saved: Saved = serde_json::from_slice(&std::fs::read(file)?).map_err(|e| {
+            anyhow::anyhow!("{}: not an eval-rewriter eval.json: {e}", file.display())
+        })?;
+        let tag = if files.len() > 1 {
+            format!(" ({})", file.display())
+        } else {
+            String::new()
+        };
+        details.extend(saved.details.into_iter().map(|d| Detail {
+            rewriter: format!("{}{tag}", d.rewriter),
+            items: d.items,
+        }));
+    }
+    let Some(base) = details.get(baseline) else {
         anyhow::bail!(
-            "{} holds {} rewriters; there is no rewriter {baseline}",
-            file.display(),
-            saved.details.len()
+            "the files hold {} rewriters; there is no rewriter {baseline}",
+            details.len()
         );
     };
-    let rows = saved
-        .details
+    let rows = details
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != baseline)

@@ -45,6 +45,13 @@ pub struct EvalOptions {
     pub out: PathBuf,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Candidates per round (the first greedy, the others sampled at `[rewriter] temperature`)
+    /// and rounds (another round when none passes the shield), as `[rewriter]` serves them;
+    /// 1 and 1 measure the model's greedy rewrite alone. The best candidate is measured.
+    #[arg(long, default_value_t = 1)]
+    pub candidates: usize,
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     #[arg(long, default_value_t = 80)]
     pub min_source_chars: usize,
     #[arg(long, default_value_t = 320)]
@@ -92,6 +99,7 @@ pub struct Summary {
     pub rejected: f32,
     pub length_ratio: f32,
     pub generate_ms_p50: f64,
+    pub generate_ms_p90: f64,
     /// Mean L2 and distance closed by the independent second scorer.
     pub second_l2_before: f32,
     pub second_l2: f32,
@@ -124,6 +132,7 @@ pub fn summarize(name: &str, r: &[ItemResult]) -> Summary {
         rejected: share(&|x| x.rejected.is_some()),
         length_ratio: mean(r.iter().map(|x| x.length_ratio)),
         generate_ms_p50: ms.get(ms.len() / 2).copied().unwrap_or(0.0),
+        generate_ms_p90: ms.get(ms.len() * 9 / 10).copied().unwrap_or(0.0),
         second_l2_before: mean(r.iter().map(|x| x.second_l2_before)),
         second_l2: mean(r.iter().map(|x| x.second_l2)),
         second_closed: mean(r.iter().map(|x| x.second_closed)),
@@ -138,11 +147,11 @@ pub fn summarize(name: &str, r: &[ItemResult]) -> Summary {
 /// The markdown table.
 pub fn table(rows: &[Summary]) -> String {
     let mut s = String::from(
-        "| rewriter | items | L2 before | L2 after | cosine | distance closed | consistency | JSR (L2<0.8, cons>0.3) | strict (cons>0.6, closed>=50%) | shield fallback | rejected | length ratio | generate p50 | 2nd scorer: L2 before | L2 after | closed | agrees |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| rewriter | items | L2 before | L2 after | cosine | distance closed | consistency | JSR (L2<0.8, cons>0.3) | strict (cons>0.6, closed>=50%) | shield fallback | rejected | length ratio | generate p50 / p90 | 2nd scorer: L2 before | L2 after | closed | agrees |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.1}% | {:.3} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.2} | {:.0} ms | {:.3} | {:.3} | {:.1}% | {:.0}% |\n",
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.1}% | {:.3} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.2} | {:.0} / {:.0} ms | {:.3} | {:.3} | {:.1}% | {:.0}% |\n",
             r.rewriter,
             r.items,
             r.l2_before,
@@ -156,6 +165,7 @@ pub fn table(rows: &[Summary]) -> String {
             100.0 * r.rejected,
             r.length_ratio,
             r.generate_ms_p50,
+            r.generate_ms_p90,
             r.second_l2_before,
             r.second_l2,
             100.0 * r.second_closed,
@@ -226,7 +236,11 @@ async fn evaluate(
             .rewrite_from(&profile, &item.text, None, before.clone())
             .await
             .map_err(|e| anyhow::anyhow!("rewrite: {}", e.message))?;
-        let c = r.candidates.first();
+        // The candidate the rewriter chose (the best passing one, else the best scored one).
+        let c = r
+            .best
+            .and_then(|i| r.candidates.get(i))
+            .or(r.candidates.first());
         let rejected = c.and_then(|c| c.rejected.map(|j| format!("{j:?}")));
         let (rewrite, l2, cosine, consistency) =
             match c.and_then(|c| c.score.as_ref().map(|s| (c, s))) {
@@ -318,7 +332,9 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
             llm.adapter = adapter.map(|a| a.display().to_string());
             let engine = Arc::new(LlmEngine::load(&llm, LlmStats::default()).await?);
             let mut rc = config.rewriter.clone();
-            rc.candidates = 1;
+            rc.candidates = o.candidates;
+            rc.rounds = o.rounds;
+            rc.validate().map_err(|e| anyhow::anyhow!("--candidates/--rounds: {e}"))?;
             let rewriter = Rewriter {
                 backend: RewriteBackend::Local(engine),
                 scorer: scorer(),
@@ -335,8 +351,10 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
         let paired = super::compare::against_first(&all, o.seed)?;
         std::fs::create_dir_all(&o.out)?;
         let mut md = format!(
-            "Held-out: {} items of the {} split ({}..{} characters, seed {}); targets: the detected vector shifted on 1-2 values by 0.2/0.35/0.5. Consistency: min over both directions of encoder similarity x share of facts kept. One greedy candidate per rewriter, the serving prompt and screening; a rejected candidate counts as the original. Second scorer: a bag-of-words logistic regression (hashed word unigrams and bigrams) trained on {} arguments of the training split, sharing nothing with the detector (validation macro-F1 {:.3} over the 20 categories, {:.3} over the 10 values); its target is its own reading of the original shifted as the detector's target shifts the detector's reading; `agrees`: share of the rewrites the detector says moved toward the target that it says moved toward it too.\n\n{}",
-            items.len(), o.split, o.min_source_chars, o.max_source_chars, o.seed, second.trained_on, second.report.macro_f1_categories, second.report.macro_f1_values, table(&summaries)
+            "Held-out: {} items of the {} split ({}..{} characters, seed {}); targets: the detected vector shifted on 1-2 values by 0.2/0.35/0.5. Consistency: min over both directions of encoder similarity x share of facts kept. {} per rewriter (the first greedy), the serving prompt and screening; the chosen candidate is measured; a rejected one counts as the original. Second scorer: a bag-of-words logistic regression (hashed word unigrams and bigrams) trained on {} arguments of the training split, sharing nothing with the detector (validation macro-F1 {:.3} over the 20 categories, {:.3} over the 10 values); its target is its own reading of the original shifted as the detector's target shifts the detector's reading; `agrees`: share of the rewrites the detector says moved toward the target that it says moved toward it too.\n\n{}",
+            items.len(), o.split, o.min_source_chars, o.max_source_chars, o.seed,
+            if o.candidates == 1 && o.rounds == 1 { "One candidate".to_owned() } else { format!("Up to {} rounds of {} candidates (another round only when none passes the shield)", o.rounds, o.candidates) },
+            second.trained_on, second.report.macro_f1_categories, second.report.macro_f1_values, table(&summaries)
         );
         if !paired.is_empty() {
             md.push_str(&format!("\nPaired differences from the base on the same items (mean per item, 95% paired-bootstrap interval of {} resamples, seed {}; bold where the interval leaves 0 out; pt = percentage points):\n\n{}", super::compare::DRAWS, o.seed, super::compare::table(&paired)));

@@ -1,6 +1,8 @@
 //! The value rewriter: render the profile's gaps into a prompt, generate k candidates (local
 //! model or a remote OpenAI-compatible endpoint), reject empty, truncated and runaway ones, score
-//! the rest with the composite reward, keep the best, and let the shield decide.
+//! the rest with the composite reward, keep the best, and let the shield decide; when no
+//! candidate passes, sample further rounds of k, up to `rounds` and while within
+//! `round_budget_ms`.
 
 pub mod compare;
 pub mod eval;
@@ -292,10 +294,10 @@ impl Rewriter {
             max_tokens: self.max_tokens(original),
             stop: Vec::new(),
         };
-        let started = Instant::now();
         // The first candidate is greedy, so one is always the model's most likely rewrite; the
-        // others sample. `parallel` sends them together for the engine to batch; on CPU,
-        // mistral.rs 0.8.1 was slower batched than one after another (see the README).
+        // others sample. `parallel` sends a round's candidates together for the engine to
+        // batch; on CPU, mistral.rs 0.8.1 was slower batched than one after another (see the
+        // README). When no candidate of a round passes the shield, another round samples more.
         let sampling_for = |i: usize| {
             let mut s = sampling.clone();
             if i == 0 {
@@ -303,56 +305,74 @@ impl Rewriter {
             }
             s
         };
-        let raw = if self.config.parallel {
-            futures_util::future::join_all(
-                (0..self.config.candidates)
-                    .map(|i| self.backend.generate(messages.clone(), sampling_for(i))),
-            )
-            .await
-        } else {
-            let mut out = Vec::with_capacity(self.config.candidates);
-            for i in 0..self.config.candidates {
-                out.push(
-                    self.backend
-                        .generate(messages.clone(), sampling_for(i))
-                        .await,
-                );
-            }
-            out
-        };
-        let generate = started.elapsed();
-        let mut candidates = Vec::with_capacity(raw.len());
-        for r in raw {
-            let (text, finished) = r?;
-            let (text, rejected) = screen(&self.config, original, &text, finished);
-            candidates.push(Candidate {
-                text,
-                rejected,
-                score: None,
-            });
-        }
-        let scoring: Vec<usize> = (0..candidates.len())
-            .filter(|i| candidates[*i].rejected.is_none())
-            .collect();
-        let texts: Vec<String> = scoring
-            .iter()
-            .map(|i| candidates[*i].text.clone())
-            .collect();
-        let score_started = Instant::now();
-        let scored = if texts.is_empty() {
-            Vec::new()
-        } else {
-            self.scorer
-                .score(profile, original, &texts)
-                .await?
-                .candidates
-        };
-        let score_ms = ms(score_started.elapsed());
-        for (i, s) in scoring.iter().zip(scored) {
-            candidates[*i].score = Some(s);
-        }
-        // The best passing candidate wins; when none passes, the best one explains why.
         let shield = |s: &CandidateScore| shield(&self.config, original_fit.distance, s);
+        let k = self.config.candidates;
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(k);
+        let (mut generate, mut score_time) = (Duration::ZERO, Duration::ZERO);
+        let budget = Duration::from_millis(self.config.round_budget_ms);
+        let search_started = Instant::now();
+        for round in 0..self.config.rounds.max(1) {
+            if round > 0 && !budget.is_zero() && search_started.elapsed() >= budget {
+                break;
+            }
+            let started = Instant::now();
+            let ids = round * k..(round + 1) * k;
+            let raw = if self.config.parallel {
+                futures_util::future::join_all(
+                    ids.map(|i| self.backend.generate(messages.clone(), sampling_for(i))),
+                )
+                .await
+            } else {
+                let mut out = Vec::with_capacity(k);
+                for i in ids {
+                    out.push(
+                        self.backend
+                            .generate(messages.clone(), sampling_for(i))
+                            .await,
+                    );
+                }
+                out
+            };
+            generate += started.elapsed();
+            let first_new = candidates.len();
+            for r in raw {
+                let (text, finished) = r?;
+                let (text, rejected) = screen(&self.config, original, &text, finished);
+                candidates.push(Candidate {
+                    text,
+                    rejected,
+                    score: None,
+                });
+            }
+            let scoring: Vec<usize> = (first_new..candidates.len())
+                .filter(|i| candidates[*i].rejected.is_none())
+                .collect();
+            let texts: Vec<String> = scoring
+                .iter()
+                .map(|i| candidates[*i].text.clone())
+                .collect();
+            let score_started = Instant::now();
+            let scored = if texts.is_empty() {
+                Vec::new()
+            } else {
+                self.scorer
+                    .score(profile, original, &texts)
+                    .await?
+                    .candidates
+            };
+            score_time += score_started.elapsed();
+            for (i, s) in scoring.iter().zip(scored) {
+                candidates[*i].score = Some(s);
+            }
+            if candidates
+                .iter()
+                .any(|c| c.score.as_ref().is_some_and(|s| shield(s).is_ok()))
+            {
+                break;
+            }
+        }
+        let score_ms = ms(score_time);
+        // The best passing candidate wins; when none passes, the best one explains why.
         let ranked = |only_passing: bool| {
             candidates
                 .iter()
