@@ -18,18 +18,13 @@ fn card(path: &std::path::Path) -> Value {
 fn training_reproduces_the_committed_head() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("head.safetensors");
-    let run = Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["train-detector", "--data"])
-        .arg(data_dir())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    support::run_ok(
+        Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["train-detector", "--data"])
+            .arg(data_dir())
+            .arg("--out")
+            .arg(&out),
     );
     let fresh = card(&out.with_extension("json"));
     let committed = card(std::path::Path::new(concat!(

@@ -111,6 +111,20 @@ async fn set_profile(proxy: &Proxy, key: &str, profile: Value) {
     assert!(r.status().is_success(), "{:?}", r.text().await);
 }
 
+/// `POST /v1/values/rewrite` as the admin; the answer's JSON.
+async fn values_rewrite(proxy: &Proxy, body: Value) -> Value {
+    client()
+        .post(proxy.url("/v1/values/rewrite"))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn chat(proxy: &Proxy, key: &str, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
     let r = client()
         .post(proxy.url("/v1/chat/completions"))
@@ -316,16 +330,7 @@ async fn json_answers_are_audited_rewritten_and_blocked() {
     }
     // Rounds: the search stops after the first round (of 2 candidates) holding one that the
     // (lenient) shield passes, i.e. one the screening did not reject.
-    let r: Value = client()
-        .post(proxy.url("/v1/values/rewrite"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"text": OFF_PROFILE, "tenant_id": "acme"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = values_rewrite(&proxy, json!({"text": OFF_PROFILE, "tenant_id": "acme"})).await;
     let c = r["candidates"].as_array().unwrap();
     let usable = |round: &[Value]| round.iter().any(|c| c.get("rejected").is_none());
     let rounds: Vec<&[Value]> = c.chunks(2).collect();
@@ -488,16 +493,11 @@ async fn the_shield_falls_back_and_disconnects_cancel_rewrites() {
     assert_eq!(v["choices"][0]["finish_reason"], "content_filter");
 
     // /v1/values/rewrite shows the candidates and the decision.
-    let r: Value = client()
-        .post(proxy.url("/v1/values/rewrite"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"text": OFF_PROFILE, "tenant_id": "acme", "context": "How do I succeed?"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = values_rewrite(
+        &proxy,
+        json!({"text": OFF_PROFILE, "tenant_id": "acme", "context": "How do I succeed?"}),
+    )
+    .await;
     assert_eq!(r["decision"], "blocked", "{r}");
     // No candidate can pass, so both rounds of two ran.
     assert_eq!(r["candidates"].as_array().unwrap().len(), 4, "{r}");
@@ -630,16 +630,11 @@ async fn rounds_of_candidates_stop_at_the_limit_or_the_time_budget() {
             &remote_config(&mock, &rewriter),
             &[("VISA_ADMIN_KEY", ADMIN)],
         );
-        let r: Value = client()
-            .post(proxy.url("/v1/values/rewrite"))
-            .bearer_auth(ADMIN)
-            .json(&json!({"text": OFF_PROFILE, "profile": caring("rewrite", "original", "window")}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = values_rewrite(
+            &proxy,
+            json!({"text": OFF_PROFILE, "profile": caring("rewrite", "original", "window")}),
+        )
+        .await;
         assert_eq!(r["decision"], "fallback", "{r}");
         let c = r["candidates"].as_array().unwrap();
         assert_eq!(c.len(), expected, "budget {budget} ms: {r}");

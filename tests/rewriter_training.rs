@@ -165,27 +165,22 @@ upstreams = ["local"]
 
     // eval-rewriter: the base and the adapter side by side on the same held-out items.
     let eval_dir = dir.path().join("eval");
-    let run = Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "eval-rewriter",
-            "--config",
-            "config.toml",
-            "--items",
-            "2",
-            "--data",
-        ])
-        .arg(data_dir())
-        .arg("--adapter")
-        .arg(&adapter)
-        .arg("--out")
-        .arg(&eval_dir)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    support::run_ok(
+        Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "eval-rewriter",
+                "--config",
+                "config.toml",
+                "--items",
+                "2",
+                "--data",
+            ])
+            .arg(data_dir())
+            .arg("--adapter")
+            .arg(&adapter)
+            .arg("--out")
+            .arg(&eval_dir),
     );
     let md = std::fs::read_to_string(eval_dir.join("eval.md")).unwrap();
     assert!(md.contains("| base (prompt only) | 2 |"), "{md}");
@@ -236,15 +231,10 @@ upstreams = ["local"]
         assert!(lo <= m + 1e-6 && m <= hi + 1e-6, "{d}");
     }
     assert!(md.contains("Paired differences from the base"), "{md}");
-    let run = Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
-        .arg("compare-eval")
-        .arg(eval_dir.join("eval.json"))
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    let run = support::run_ok(
+        Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
+            .arg("compare-eval")
+            .arg(eval_dir.join("eval.json")),
     );
     let table = String::from_utf8_lossy(&run.stdout);
     assert!(table.contains(" vs base (prompt only) | 2 |"), "{table}");

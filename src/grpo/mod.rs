@@ -10,9 +10,11 @@ pub mod lora;
 pub mod math;
 pub mod optim;
 pub mod sample;
+pub mod screening;
 pub mod skinny;
 pub mod trainer;
 pub mod warm;
+pub mod warm_start;
 
 /// Largest absolute entry of `a - b` (tests compare tensors with it).
 #[cfg(test)]

@@ -23,3 +23,15 @@ pub fn touche_dir() -> std::path::PathBuf {
             .into()
         })
 }
+
+/// Run a command of the real binary to the end; panics with its stderr unless it succeeded.
+pub fn run_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().expect("the command starts");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
