@@ -3,7 +3,9 @@
 //! how much of the distance a rewrite closes, semantic consistency both ways, the paper's Joint
 //! Success Rate and a stricter one, how often the shield would fall back, length ratio and
 //! latency. Each rewriter is the serving path: mistral.rs with the base GGUF, or with a trained
-//! adapter merged in, the serving prompt, one greedy candidate, the serving screening.
+//! adapter merged in, the serving prompt, one greedy candidate (or `--candidates`/`--rounds`
+//! as `[rewriter]` serves them), the serving screening; and the paired differences from the
+//! base (`compare.rs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
