@@ -130,14 +130,15 @@ pub fn table(rows: &[Comparison]) -> String {
             c.rewriter, c.baseline, c.items
         ));
         for d in &c.differences {
-            let (k, unit) = if d.points { (100.0, " pt") } else { (1.0, "") };
+            let (k, unit, p) = if d.points {
+                (100.0, " pt", 1)
+            } else {
+                (1.0, "", 3)
+            };
             let cell = format!(
-                "{:+.*}{unit} [{:+.*}, {:+.*}]",
-                if d.points { 1 } else { 3 },
+                "{:+.p$}{unit} [{:+.p$}, {:+.p$}]",
                 k * d.mean,
-                if d.points { 1 } else { 3 },
                 k * d.low,
-                if d.points { 1 } else { 3 },
                 k * d.high
             );
             if d.beyond_noise() {

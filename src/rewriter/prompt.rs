@@ -168,11 +168,8 @@ fn is_commentary(block: &str) -> bool {
             .split(|c: char| !c.is_alphanumeric())
             .next()
             .unwrap_or("");
-        let word = word
-            .strip_suffix('s')
-            .filter(|w| ORIGINAL_NOUNS.contains(w))
-            .unwrap_or(word);
-        if ORIGINAL_NOUNS.contains(&word) {
+        let named = |w: &str| ORIGINAL_NOUNS.contains(&w);
+        if named(word) || word.strip_suffix('s').is_some_and(named) {
             return true;
         }
     }
