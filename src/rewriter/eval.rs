@@ -18,8 +18,8 @@ use crate::config::Config;
 use crate::grpo::data::{self, Item};
 use crate::grpo::sample::Rng;
 use crate::models::llm::{LlmEngine, LlmStats};
+use crate::score::Scorer;
 use crate::score::lexical::LexicalScorer;
-use crate::score::{Scorer, facts};
 
 /// The paper's thresholds: L2 below this and consistency above [`JSR_CONSISTENCY`].
 pub const JSR_L2: f32 = 0.8;
@@ -246,16 +246,8 @@ async fn evaluate(
         let rejected = c.and_then(|c| c.rejected.map(|j| format!("{j:?}")));
         let (rewrite, l2, cosine, consistency) =
             match c.and_then(|c| c.score.as_ref().map(|s| (c, s))) {
-                Some((c, s)) => {
-                    // Both ways: facts of the rewrite must be in the original too (nothing invented).
-                    let back = facts::check(&c.text, &item.text).fraction();
-                    (
-                        c.text.clone(),
-                        s.fit.distance,
-                        s.fit.cosine,
-                        s.integrity.min(s.similarity * back),
-                    )
-                }
+                // Integrity checks facts both ways (nothing lost, nothing invented).
+                Some((c, s)) => (c.text.clone(), s.fit.distance, s.fit.cosine, s.integrity),
                 // Nothing usable: the proxy returns the original.
                 None => (item.text.clone(), before.distance, before.cosine, 1.0),
             };
@@ -353,7 +345,7 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
         let paired = super::compare::against_first(&all, o.seed)?;
         std::fs::create_dir_all(&o.out)?;
         let mut md = format!(
-            "Held-out: {} items of the {} split ({}..{} characters, seed {}); targets: the detected vector shifted on 1-2 values by 0.2/0.35/0.5. Consistency: min over both directions of encoder similarity x share of facts kept. {} per rewriter (the first greedy), the serving prompt and screening; the chosen candidate is measured; a rejected one counts as the original. Second scorer: a bag-of-words logistic regression (hashed word unigrams and bigrams) trained on {} arguments of the training split, sharing nothing with the detector (validation macro-F1 {:.3} over the 20 categories, {:.3} over the 10 values); its target is its own reading of the original shifted as the detector's target shifts the detector's reading; `agrees`: share of the rewrites the detector says moved toward the target that it says moved toward it too.\n\n{}",
+            "Held-out: {} items of the {} split ({}..{} characters, seed {}); targets: the detected vector shifted on 1-2 values by 0.2/0.35/0.5. Consistency: the serving integrity, encoder similarity x the smaller of the share of the original's facts kept and the share of the rewrite's facts the original holds. {} per rewriter (the first greedy), the serving prompt and screening; the chosen candidate is measured; a rejected one counts as the original. Second scorer: a bag-of-words logistic regression (hashed word unigrams and bigrams) trained on {} arguments of the training split, sharing nothing with the detector (validation macro-F1 {:.3} over the 20 categories, {:.3} over the 10 values); its target is its own reading of the original shifted as the detector's target shifts the detector's reading; `agrees`: share of the rewrites the detector says moved toward the target that it says moved toward it too.\n\n{}",
             items.len(), o.split, o.min_source_chars, o.max_source_chars, o.seed,
             if o.candidates == 1 && o.rounds == 1 { "One candidate".to_owned() } else { format!("Up to {} rounds of {} candidates (another round only when none passes the shield)", o.rounds, o.candidates) },
             second.trained_on, second.report.macro_f1_categories, second.report.macro_f1_values, table(&summaries)

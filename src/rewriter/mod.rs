@@ -205,8 +205,13 @@ pub fn shield(
         ))
     } else if s.integrity < config.min_integrity {
         Err(format!(
-            "the best candidate did not keep the meaning (integrity {:.3} < {}; facts kept {}/{})",
-            s.integrity, config.min_integrity, s.facts.kept, s.facts.total
+            "the best candidate did not keep the meaning (integrity {:.3} < {}; facts kept {}/{}, its own facts in the original {}/{})",
+            s.integrity,
+            config.min_integrity,
+            s.facts.kept,
+            s.facts.total,
+            s.facts.supported,
+            s.facts.rewrite_total
         ))
     } else {
         Ok(())

@@ -12,23 +12,37 @@ const NEGATIONS: &[&str] = &[
 /// Capitalised words that are not names.
 const NOT_NAMES: &[&str] = &["I", "I'm", "I've", "I'll", "I'd", "OK"];
 
-/// What a rewrite kept of the original's facts.
+/// What a rewrite kept of the original's facts, and what it added: checked both ways, as the
+/// paper's consistency is (entailment both ways), so an invented number or name, or an added
+/// negation, costs as much as a lost one.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FactCheck {
+    /// Facts of the original (numbers, names, negations).
     pub total: usize,
+    /// How many of them the rewrite kept.
     pub kept: usize,
     /// Facts of the original the rewrite lost (at most 20 listed).
     pub missing: Vec<String>,
+    /// Facts of the rewrite.
+    pub rewrite_total: usize,
+    /// How many of them the original holds.
+    pub supported: usize,
+    /// Facts of the rewrite the original does not hold (at most 20 listed).
+    pub added: Vec<String>,
 }
 
 impl FactCheck {
-    /// Share kept; 1 when the original has none.
+    /// The smaller of the share kept and the share supported; 1 when neither text has any.
     pub fn fraction(&self) -> f32 {
-        if self.total == 0 {
-            1.0
-        } else {
-            self.kept as f32 / self.total as f32
-        }
+        share(self.kept, self.total).min(share(self.supported, self.rewrite_total))
+    }
+}
+
+fn share(part: usize, total: usize) -> f32 {
+    if total == 0 {
+        1.0
+    } else {
+        part as f32 / total as f32
     }
 }
 
@@ -72,33 +86,44 @@ fn normalise_number(t: &str) -> String {
     t.chars().filter(|c| *c != ',').collect()
 }
 
-/// Which facts of `original` survive in `rewrite`.
-pub fn check(original: &str, rewrite: &str) -> FactCheck {
-    let facts = fact_tokens(original);
-    let rewrite_norm = normalise_number(rewrite);
-    let mut missing = Vec::new();
-    let mut kept = 0;
+/// Facts of `from` (numbers, names, negations), how many `to` holds, and the ones it lacks.
+fn one_way(from: &str, to: &str) -> (usize, usize, Vec<String>) {
+    let facts = fact_tokens(from);
+    let to_norm = normalise_number(to);
+    let mut lacking = Vec::new();
+    let mut held = 0;
     for f in &facts {
         let present = if f.chars().any(|c| c.is_ascii_digit()) {
-            rewrite_norm.contains(&normalise_number(f))
+            to_norm.contains(&normalise_number(f))
         } else {
-            rewrite.contains(f.as_str())
+            to.contains(f.as_str())
         };
         if present {
-            kept += 1;
-        } else if missing.len() < 20 {
-            missing.push(f.clone());
+            held += 1;
+        } else if lacking.len() < 20 {
+            lacking.push(f.clone());
         }
     }
-    let negs = negation_count(original);
-    let negs_kept = negation_count(rewrite).min(negs);
-    if negs_kept < negs && missing.len() < 20 {
-        missing.push(format!("negation ({} of {negs} kept)", negs_kept));
+    let negs = negation_count(from);
+    let negs_held = negation_count(to).min(negs);
+    if negs_held < negs && lacking.len() < 20 {
+        lacking.push(format!("negation ({negs_held} of {negs})"));
     }
+    (facts.len() + negs, held + negs_held, lacking)
+}
+
+/// Which facts of `original` survive in `rewrite`, and which facts of `rewrite` the original
+/// does not hold.
+pub fn check(original: &str, rewrite: &str) -> FactCheck {
+    let (total, kept, missing) = one_way(original, rewrite);
+    let (rewrite_total, supported, added) = one_way(rewrite, original);
     FactCheck {
-        total: facts.len() + negs,
-        kept: kept + negs_kept,
+        total,
+        kept,
         missing,
+        rewrite_total,
+        supported,
+        added,
     }
 }
 
@@ -136,5 +161,29 @@ mod tests {
         assert!(bad.missing.iter().any(|m| m.starts_with("negation")));
         assert!(check("3,500 units", "3500 units").fraction() == 1.0);
         assert_eq!(check("plain words only.", "other words").fraction(), 1.0);
+    }
+
+    #[test]
+    fn invented_facts_and_added_negations_count_too() {
+        let t = "The report says Acme expects 15% growth in 2030.";
+        // Everything kept, but a year and a name invented: 3 of the rewrite's 5 facts supported.
+        let invented = check(
+            t,
+            "The report says Acme expects 15% growth in 2030, says Bob from 2019.",
+        );
+        assert_eq!((invented.kept, invented.total), (3, 3));
+        assert_eq!((invented.supported, invented.rewrite_total), (3, 5));
+        assert_eq!(invented.added, vec!["Bob", "2019"]);
+        assert!((invented.fraction() - 0.6).abs() < 1e-6);
+        // An added negation flips the statement: one of the rewrite's 4 facts unsupported.
+        let negated = check(t, "No, the report says Acme expects 15% growth in 2030.");
+        assert_eq!((negated.kept, negated.total), (3, 3));
+        assert_eq!((negated.supported, negated.rewrite_total), (3, 4));
+        assert!(negated.added.iter().any(|a| a.starts_with("negation")));
+        assert!((negated.fraction() - 0.75).abs() < 1e-6);
+        // Losing is measured as before, and the smaller share counts.
+        let lost = check(t, "The report says Acme expects growth, not 15% but more.");
+        assert_eq!((lost.kept, lost.total), (2, 3));
+        assert!((lost.fraction() - 2.0 / 3.0).abs() < 1e-6);
     }
 }

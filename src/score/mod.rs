@@ -61,7 +61,7 @@ pub struct CandidateScore {
     /// Cosine similarity of the sentence embeddings of original and candidate.
     pub similarity: f32,
     pub facts: FactCheck,
-    /// similarity x share of facts kept.
+    /// similarity x the smaller share of facts kept / facts supported ([`FactCheck::fraction`]).
     pub integrity: f32,
     /// Share of the original's distance to the target that the candidate closes, in [-1, 1].
     pub progress: f32,

@@ -127,6 +127,7 @@ export async function renderPlayground(main) {
                 h("tr", {}, h("th", { scope: "row" }, "semantic integrity"), h("td", {}, ""), h("td", { class: "num", id: "pg-integrity" }, fmt(best.score.integrity))),
                 h("tr", {}, h("th", { scope: "row" }, "similarity to the original"), h("td", {}, ""), h("td", { class: "num" }, fmt(best.score.similarity))),
                 h("tr", {}, h("th", { scope: "row" }, "facts kept"), h("td", {}, ""), h("td", { class: "num" }, `${best.score.facts.kept} of ${best.score.facts.total}${best.score.facts.missing.length ? ` (missing: ${best.score.facts.missing.join(", ")})` : ""}`)),
+                h("tr", {}, h("th", { scope: "row" }, "facts of the rewrite in the original"), h("td", {}, ""), h("td", { class: "num" }, `${best.score.facts.supported} of ${best.score.facts.rewrite_total}${best.score.facts.added.length ? ` (added: ${best.score.facts.added.join(", ")})` : ""}`)),
               ]
             : null),
         ),
