@@ -82,6 +82,16 @@ async fn training_writes_a_resumable_adapter_that_the_proxy_serves() {
     assert_eq!(card["finished"], true);
     assert_eq!(card["lora"]["rank"], 8);
     assert_eq!(card["base_sha256"].as_str().unwrap().len(), 64);
+    // `--device auto` trains on the CPU unless built with `cuda` and a GPU is present.
+    assert_eq!(card["options"]["device"], "auto");
+    if cfg!(feature = "cuda") {
+        assert!(
+            matches!(card["device"].as_str(), Some("cpu" | "cuda:0")),
+            "{card}"
+        );
+    } else {
+        assert_eq!(card["device"], "cpu");
+    }
     assert_eq!(card["reward"]["per_step"].as_array().unwrap().len(), 2);
 
     // The warm start sampled 3 rewrites of 2 items and kept only ones the shield accepts.

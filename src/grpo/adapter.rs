@@ -79,8 +79,8 @@ pub fn restore(model: &Llama, adapter: &Adapter) -> anyhow::Result<()> {
         let (Some(l), Some((a, b))) = (&lin.lora, adapter.layers.get(&name)) else {
             continue;
         };
-        l.a.set(a)?;
-        l.b.set(b)?;
+        l.a.set(&a.to_device(l.a.device())?)?;
+        l.b.set(&b.to_device(l.b.device())?)?;
     }
     Ok(())
 }

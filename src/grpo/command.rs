@@ -96,10 +96,56 @@ pub struct TrainOptions {
     pub warm_start_batch: usize,
     #[arg(long, default_value_t = 2e-4)]
     pub warm_start_lr: f64,
+    /// Where the policy trains: `auto` (the first CUDA GPU when the binary was built with the
+    /// `cuda` feature and one is present, else the CPU), `cpu`, or `cuda` (an error without
+    /// the feature or a GPU).
+    #[arg(long, value_enum, default_value_t = TrainDevice::Auto)]
+    pub device: TrainDevice,
     #[arg(long, default_value_t = 80)]
     pub min_source_chars: usize,
     #[arg(long, default_value_t = 320)]
     pub max_source_chars: usize,
+}
+
+/// `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainDevice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// The device `--device` names on this binary and machine.
+pub fn pick_device(wanted: TrainDevice) -> anyhow::Result<Device> {
+    let built = candle_core::utils::cuda_is_available();
+    match wanted {
+        TrainDevice::Cpu => Ok(Device::Cpu),
+        TrainDevice::Cuda => {
+            anyhow::ensure!(
+                built,
+                "--device cuda: this binary was built without the `cuda` feature (cargo build --release --features cuda)"
+            );
+            Device::new_cuda(0).map_err(|e| anyhow::anyhow!("--device cuda: no usable GPU: {e}"))
+        }
+        TrainDevice::Auto if built => match Device::new_cuda(0) {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                eprintln!("no usable CUDA GPU ({e}); training on the CPU");
+                Ok(Device::Cpu)
+            }
+        },
+        TrainDevice::Auto => Ok(Device::Cpu),
+    }
+}
+
+/// A device's name for the progress line and the card.
+pub fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda:0".into(),
+        Device::Metal(_) => "metal".into(),
+    }
 }
 
 /// What a checkpoint remembers besides the adapter.
@@ -244,7 +290,9 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
     );
     eprintln!("loading the base model {} ...", base.display());
     let tokenizer = GgufTokenizer::from_gguf(&base)?;
-    let mut model = Llama::from_gguf(&base, &Device::Cpu)?;
+    let device = pick_device(o.device)?;
+    eprintln!("training on {}", device_name(&device));
+    let mut model = Llama::from_gguf(&base, &device)?;
     let lora = LoraConfig {
         rank: o.rank,
         alpha: o.alpha,
@@ -350,6 +398,7 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
             "lora": {"rank": lora.rank, "alpha": lora.alpha,
                      "targets": ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]},
             "options": o,
+            "device": device_name(&device),
             "data": {
                 "sources": o.data.as_ref().map(|d| format!("{}: premises of arguments-training.tsv ({}..{} characters)", d.display(), o.min_source_chars, o.max_source_chars)),
                 "jsonl": o.jsonl.as_ref().map(|p| p.display().to_string()),
@@ -493,4 +542,23 @@ fn progress(s: &StepStats, total: usize, seconds: f64) {
         s.tokens_per_s,
         eta
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_is_the_cpu_unless_cuda_is_built_and_present() {
+        assert!(pick_device(TrainDevice::Cpu).unwrap().is_cpu());
+        if !candle_core::utils::cuda_is_available() {
+            assert!(pick_device(TrainDevice::Auto).unwrap().is_cpu());
+            let e = pick_device(TrainDevice::Cuda).unwrap_err().to_string();
+            assert!(e.contains("`cuda` feature"), "{e}");
+        } else {
+            // Built with the feature: auto takes the GPU when there is one, else the CPU.
+            let d = pick_device(TrainDevice::Auto).unwrap();
+            assert_eq!(d.is_cuda(), Device::new_cuda(0).is_ok());
+        }
+    }
 }

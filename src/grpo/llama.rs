@@ -198,10 +198,12 @@ impl Llama {
             .and_then(|v| Ok(v.to_f32()?))
             .unwrap_or(10_000.0);
         let rms_eps = md("llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
+        // Dequantized on the CPU (any GGUF type candle reads), then moved to the device.
         let mut get = |name: &str| -> anyhow::Result<Tensor> {
             Ok(content
-                .tensor(&mut reader, name, device)?
-                .dequantize(device)?)
+                .tensor(&mut reader, name, &Device::Cpu)?
+                .dequantize(&Device::Cpu)?
+                .to_device(device)?)
         };
         let embed = get("token_embd.weight")?;
         let (vocab, hidden) = embed.dims2()?;

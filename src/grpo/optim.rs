@@ -117,7 +117,7 @@ impl AdamW {
                     t.dims(),
                     slot.dims()
                 );
-                *slot = t;
+                *slot = t.to_device(slot.device())?;
             }
         }
         self.steps = steps;

@@ -346,7 +346,9 @@ async fn build_model(config: &LlmConfig, model_id: String, file: String) -> anyh
         None,
     )
     .build();
-    let device = mistralrs::best_device(false)?;
+    // Serving stays on the CPU: the `cuda` feature builds candle's CUDA backend for training
+    // only, not mistral.rs' own CUDA kernels, which a GPU device here would need.
+    let device = mistralrs::best_device(true)?;
     let max_num_seqs = config.max_num_seqs;
     let pipeline = tokio::task::spawn_blocking(move || {
         loader.load_model_from_hf(
