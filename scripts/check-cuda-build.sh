@@ -42,6 +42,7 @@ if [ ! -x "$root/bin/nvcc" ] || [ ! -f "$dir/.complete" ]; then
     "$python" -m zipfile -e "$whl" "$dir"
   done
   chmod +x "$root"/bin/* "$root"/nvvm/bin/*
+  rm -rf "$dir/wheels"
   touch "$dir/.complete"
 fi
 
