@@ -54,6 +54,10 @@ pub struct EvalOptions {
     pub candidates: usize,
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// Leave the prompt-only base out (it takes as long as an adapter; compare with a saved
+    /// evaluation of it on the same items through `compare-eval`). Needs an `--adapter`.
+    #[arg(long)]
+    pub skip_base: bool,
     #[arg(long, default_value_t = 80)]
     pub min_source_chars: usize,
     #[arg(long, default_value_t = 320)]
@@ -304,6 +308,10 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
         "second scorer: validation macro-F1 {:.3} over the 20 categories, {:.3} over the 10 values",
         second.report.macro_f1_categories, second.report.macro_f1_values
     );
+    anyhow::ensure!(
+        !(o.skip_base && o.adapters.is_empty()),
+        "--skip-base needs at least one --adapter to evaluate"
+    );
     rt.block_on(async {
         let models = crate::server::ValueModels::load(&config.models, crate::models::service::ServiceStats::default()).await?;
         let scorer = || Scorer {
@@ -314,7 +322,10 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
         };
         let items = held_out(o, &scorer()).await?;
         eprintln!("{} held-out items from the {} split", items.len(), o.split);
-        let mut rewriters: Vec<(String, Option<PathBuf>)> = vec![("base (prompt only)".into(), None)];
+        let mut rewriters: Vec<(String, Option<PathBuf>)> = Vec::new();
+        if !o.skip_base {
+            rewriters.push(("base (prompt only)".into(), None));
+        }
         for a in &o.adapters {
             rewriters.push((format!("GRPO adapter {}", a.display()), Some(a.clone())));
         }
