@@ -249,4 +249,70 @@ upstreams = ["local"]
     let table = String::from_utf8_lossy(&run.stdout);
     assert!(table.contains(" vs base (prompt only) | 2 |"), "{table}");
     assert!(md.contains(table.trim()), "{md}\n---\n{table}");
+
+    // --skip-base evaluates the adapter alone, on the same items; compare-eval against the
+    // first run's base gives the paired row the first run computed itself.
+    let alone_dir = dir.path().join("eval-alone");
+    support::run_ok(
+        Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "eval-rewriter",
+                "--config",
+                "config.toml",
+                "--items",
+                "2",
+                "--skip-base",
+                "--data",
+            ])
+            .arg(data_dir())
+            .arg("--adapter")
+            .arg(&adapter)
+            .arg("--out")
+            .arg(&alone_dir),
+    );
+    let alone: Value =
+        serde_json::from_str(&std::fs::read_to_string(alone_dir.join("eval.json")).unwrap())
+            .unwrap();
+    assert_eq!(alone["summaries"].as_array().unwrap().len(), 1, "{alone}");
+    let rewrites = |r: &Value, k: usize| -> Vec<(String, String)> {
+        r["details"][k]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["id"].to_string(), i["rewrite"].to_string()))
+            .collect()
+    };
+    assert_eq!(rewrites(&alone, 0), rewrites(&report, 1));
+    let run = support::run_ok(
+        Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
+            .arg("compare-eval")
+            .arg(eval_dir.join("eval.json"))
+            .arg(alone_dir.join("eval.json")),
+    );
+    let across = String::from_utf8_lossy(&run.stdout);
+    let row = |t: &str| -> String {
+        let line = t
+            .lines()
+            .filter(|l| l.starts_with("| GRPO adapter"))
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        // The numbers after the names (the names carry the file).
+        line.split(" | 2 | ").nth(1).unwrap_or_default().to_owned()
+    };
+    assert!(!row(&across).is_empty(), "{across}");
+    assert_eq!(row(&across), row(&table), "{across}\n---\n{table}");
+    // Without an adapter there is nothing to evaluate.
+    let out = Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
+        .args(["eval-rewriter", "--skip-base", "--data"])
+        .arg(data_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--skip-base needs at least one --adapter"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

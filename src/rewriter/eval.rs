@@ -296,6 +296,10 @@ async fn evaluate(
 }
 
 pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !(o.skip_base && o.adapters.is_empty()),
+        "--skip-base needs at least one --adapter to evaluate"
+    );
     let config = Config::load(&o.config, None)
         .map_err(|e| anyhow::anyhow!("{}: {e}", o.config.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -307,10 +311,6 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
     eprintln!(
         "second scorer: validation macro-F1 {:.3} over the 20 categories, {:.3} over the 10 values",
         second.report.macro_f1_categories, second.report.macro_f1_values
-    );
-    anyhow::ensure!(
-        !(o.skip_base && o.adapters.is_empty()),
-        "--skip-base needs at least one --adapter to evaluate"
     );
     rt.block_on(async {
         let models = crate::server::ValueModels::load(&config.models, crate::models::service::ServiceStats::default()).await?;
