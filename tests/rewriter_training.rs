@@ -294,8 +294,7 @@ upstreams = ["local"]
     let row = |t: &str| -> String {
         let line = t
             .lines()
-            .filter(|l| l.starts_with("| GRPO adapter"))
-            .last()
+            .rfind(|l| l.starts_with("| GRPO adapter"))
             .unwrap_or_default()
             .to_owned();
         // The numbers after the names (the names carry the file).
