@@ -175,23 +175,7 @@ upstreams = ["local"]
 
     // eval-rewriter: the base and the adapter side by side on the same held-out items.
     let eval_dir = dir.path().join("eval");
-    support::run_ok(
-        Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "eval-rewriter",
-                "--config",
-                "config.toml",
-                "--items",
-                "2",
-                "--data",
-            ])
-            .arg(data_dir())
-            .arg("--adapter")
-            .arg(&adapter)
-            .arg("--out")
-            .arg(&eval_dir),
-    );
+    eval_rewriter(&adapter, &eval_dir, &[]);
     let md = std::fs::read_to_string(eval_dir.join("eval.md")).unwrap();
     assert!(md.contains("| base (prompt only) | 2 |"), "{md}");
     assert!(md.contains("| GRPO adapter "), "{md}");
@@ -253,24 +237,7 @@ upstreams = ["local"]
     // --skip-base evaluates the adapter alone, on the same items; compare-eval against the
     // first run's base gives the paired row the first run computed itself.
     let alone_dir = dir.path().join("eval-alone");
-    support::run_ok(
-        Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "eval-rewriter",
-                "--config",
-                "config.toml",
-                "--items",
-                "2",
-                "--skip-base",
-                "--data",
-            ])
-            .arg(data_dir())
-            .arg("--adapter")
-            .arg(&adapter)
-            .arg("--out")
-            .arg(&alone_dir),
-    );
+    eval_rewriter(&adapter, &alone_dir, &["--skip-base"]);
     let alone: Value =
         serde_json::from_str(&std::fs::read_to_string(alone_dir.join("eval.json")).unwrap())
             .unwrap();
@@ -313,5 +280,21 @@ upstreams = ["local"]
         String::from_utf8_lossy(&out.stderr).contains("--skip-base needs at least one --adapter"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `eval-rewriter` on 2 held-out items with the base config, `adapter`, and `extra` options.
+fn eval_rewriter(adapter: &std::path::Path, out: &std::path::Path, extra: &[&str]) {
+    support::run_ok(
+        Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["eval-rewriter", "--config", "config.toml", "--items", "2"])
+            .args(extra)
+            .arg("--data")
+            .arg(data_dir())
+            .arg("--adapter")
+            .arg(adapter)
+            .arg("--out")
+            .arg(out),
     );
 }
