@@ -84,6 +84,12 @@ pub enum Command {
         fine_tune_epochs: usize,
         #[arg(long, default_value_t = 0.00005)]
         fine_tune_lr: f64,
+        /// Answers of the local model to neutral prompts (JSONL, `text` and `valued`): after
+        /// the head, the value gate and the calibration are fitted with them and written next
+        /// to it (HEAD.gate.safetensors, HEAD.calibration.json), as `calibrate-detector` does.
+        /// "none": neither.
+        #[arg(long, default_value = "assets/detector/neutral-fit.jsonl")]
+        neutral: String,
     },
     /// Evaluate the value detector on a split: per-category and per-value precision, recall,
     /// F1, macro-F1, and latency.
@@ -96,6 +102,39 @@ pub enum Command {
         head: PathBuf,
         #[arg(long, default_value = crate::models::DEFAULT_ENCODER_DIR)]
         encoder: PathBuf,
+        /// The calibration to report on ("none": raw head scores).
+        #[arg(long, default_value = "assets/detector/head.calibration.json")]
+        calibration: String,
+        /// Value-neutral texts (JSONL with a `text` field) to count false value calls on
+        /// ("none" to skip).
+        #[arg(long, default_value = "tests/data/neutral_texts.jsonl")]
+        neutral: String,
+        /// Value-laden sentences in an answer's style (JSONL with `value` and `text`) to check
+        /// that the gate keeps real values ("none" to skip).
+        #[arg(long, default_value = "tests/data/valued_texts.jsonl")]
+        valued: String,
+    },
+    /// Fit the per-value calibration of the detector's scores (Platt scaling) on the part of
+    /// the training split held out from the head and on value-neutral answers; writes it as JSON.
+    CalibrateDetector {
+        #[arg(long)]
+        data: PathBuf,
+        /// Value-neutral texts, JSONL with a `text` field (label: no value expressed).
+        #[arg(long, default_value = "assets/detector/neutral-fit.jsonl")]
+        neutral: PathBuf,
+        /// The local model's value-laden sentences, JSONL with a `text` field (label: some value
+        /// expressed), for the gate ("none": arguments only).
+        #[arg(long, default_value = "assets/detector/valued-fit.jsonl")]
+        valued: String,
+        #[arg(long, default_value = "assets/detector/head.safetensors")]
+        head: PathBuf,
+        #[arg(long, default_value = crate::models::DEFAULT_ENCODER_DIR)]
+        encoder: PathBuf,
+        #[arg(long, default_value = "assets/detector/head.calibration.json")]
+        out: PathBuf,
+        /// The share of the training split held out from the head (as train-detector's).
+        #[arg(long, default_value_t = 0.15)]
+        holdout: f64,
     },
     /// Measure the instruction translator on a labelled set of instructions.
     EvalTranslator {
@@ -112,6 +151,17 @@ pub enum Command {
     /// held-out items: value L2/cosine to the target, distance closed, consistency, JSR,
     /// shield fallbacks, length, latency. Writes OUT/eval.md and OUT/eval.json.
     EvalRewriter(crate::rewriter::eval::EvalOptions),
+    /// How well the per-sentence checks of an edit (encoder similarity, facts both ways) tell
+    /// faithful rewrites from changed ones, on hand-written pairs; prints the measured floor.
+    EvalSimilarity {
+        #[arg(long, default_value = "tests/data/edit_pairs.jsonl")]
+        pairs: PathBuf,
+        #[arg(long, default_value = crate::models::DEFAULT_ENCODER_DIR)]
+        encoder: PathBuf,
+    },
+    /// Answer a fixed set of prompts with the local model, without and with a profile's
+    /// steering system message, and count the answers that need an edit.
+    EvalSteering(crate::enforce::steering::SteerEvalOptions),
     /// The paired table of saved eval-rewriter runs: each rewriter against a baseline on the
     /// same items, mean differences with 95% paired-bootstrap intervals (eval-rewriter prints
     /// it against the base itself).
@@ -202,7 +252,9 @@ pub fn run(cli: Cli) -> ExitCode {
             fine_tune_layers,
             fine_tune_epochs,
             fine_tune_lr,
+            neutral,
         } => crate::detector::train::run(&crate::detector::train::TrainOptions {
+            neutral: (neutral != "none").then(|| PathBuf::from(neutral)),
             fine_tune_layers,
             fine_tune_epochs,
             fine_tune_lr,
@@ -234,6 +286,8 @@ pub fn run(cli: Cli) -> ExitCode {
             })
             .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))
         }
+        Command::EvalSteering(o) => crate::enforce::steering::run(&o),
+        Command::EvalSimilarity { pairs, encoder } => crate::edit::similarity_eval::run(&pairs, &encoder),
         Command::EvalTranslator { cases, encoder } => {
             crate::translator::eval::run(&cases, &encoder)
         }
@@ -242,7 +296,39 @@ pub fn run(cli: Cli) -> ExitCode {
             split,
             head,
             encoder,
-        } => crate::detector::eval::run(&data, &split, &encoder, &head),
+            calibration,
+            neutral,
+            valued,
+        } => {
+            let opt = |s: &str| (s != "none").then(|| PathBuf::from(s));
+            crate::detector::eval::run(
+                &data,
+                &split,
+                &encoder,
+                &head,
+                opt(&calibration).as_deref(),
+                opt(&neutral).as_deref(),
+                opt(&valued).as_deref(),
+            )
+        }
+        Command::CalibrateDetector {
+            data,
+            neutral,
+            valued,
+            head,
+            encoder,
+            out,
+            holdout,
+        } => crate::detector::calibrate::run(&crate::detector::calibrate::CalibrateOptions {
+            data,
+            neutral,
+            valued: (valued != "none").then(|| PathBuf::from(valued)),
+            encoder_dir: encoder,
+            head,
+            out,
+            holdout,
+        })
+        .map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -102,6 +102,9 @@ pub struct ModelsConfig {
     pub encoder_dir: String,
     /// The detector head written by `visa-proxy train-detector`.
     pub detector_head: String,
+    /// Per-value calibration of the head's scores (`visa-proxy calibrate-detector`); empty:
+    /// raw head scores.
+    pub detector_calibration: String,
     /// Encoder requests waiting at most; beyond it: 429.
     pub encoder_queue: usize,
     /// Texts per encoder forward pass when requests are batched.
@@ -118,6 +121,7 @@ impl Default for ModelsConfig {
             enabled: true,
             encoder_dir: "models/minilm".into(),
             detector_head: "assets/detector/head.safetensors".into(),
+            detector_calibration: "assets/detector/head.calibration.json".into(),
             encoder_queue: 256,
             encoder_max_batch: 32,
             max_text_chars: 20_000,
@@ -126,7 +130,9 @@ impl Default for ModelsConfig {
     }
 }
 
-pub use crate::config_models::{EnforceConfig, LlmConfig, RewriterBackend, RewriterConfig};
+pub use crate::config_models::{
+    EnforceConfig, LlmConfig, RewriteMode, RewriterBackend, RewriterConfig,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

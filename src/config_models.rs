@@ -151,6 +151,29 @@ pub struct RewriterConfig {
     pub value_weight: f32,
     /// Longest text `POST /v1/values/rewrite` accepts, in characters.
     pub max_text_chars: usize,
+    /// `edits` (default): sentence-level edits where the values are (a model rewrite of one
+    /// sentence, the sentence without a clause, a drop when no fact is lost, one inserted
+    /// sentence for a missing value); `whole`: rewrite the whole answer (the earlier design,
+    /// kept for comparison).
+    pub mode: RewriteMode,
+    /// Model candidates per edit site (the first greedy, the others sampled); 0: only cuts,
+    /// drops and the injection bank.
+    pub edit_model_candidates: usize,
+    /// An edited sentence must keep at least this encoder similarity to the one it replaces.
+    pub min_sentence_similarity: f32,
+    /// An edit must move its sentence's value (or the answer's, for an insertion) by at least
+    /// this much.
+    pub min_value_move: f32,
+    /// The value-injection bank: short fact-free sentences per value.
+    pub bank: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RewriteMode {
+    #[default]
+    Edits,
+    Whole,
 }
 
 impl Default for RewriterConfig {
@@ -171,6 +194,11 @@ impl Default for RewriterConfig {
             min_integrity: 0.6,
             value_weight: 0.5,
             max_text_chars: 8_000,
+            mode: RewriteMode::Edits,
+            edit_model_candidates: 0,
+            min_sentence_similarity: 0.6,
+            min_value_move: 0.1,
+            bank: "assets/edit/bank.json".into(),
         }
     }
 }
@@ -210,6 +238,15 @@ impl RewriterConfig {
         if self.max_text_chars == 0 {
             return Err(config_err("rewriter.max_text_chars", "must be above 0"));
         }
+        if self.edit_model_candidates > 8 {
+            return Err(config_err("rewriter.edit_model_candidates", "must be in 0..=8"));
+        }
+        if !(0.0..=1.0).contains(&self.min_sentence_similarity) {
+            return Err(config_err("rewriter.min_sentence_similarity", "must be in [0, 1]"));
+        }
+        if !(0.0..=1.0).contains(&self.min_value_move) {
+            return Err(config_err("rewriter.min_value_move", "must be in [0, 1]"));
+        }
         Ok(())
     }
 }
@@ -225,6 +262,10 @@ pub struct EnforceConfig {
     pub window_chars: usize,
     /// A window with no boundary is cut at this size anyway.
     pub max_window_chars: usize,
+    /// The time enforcement may add to a JSON answer, and to each stream window, in ms
+    /// (a profile's `max_added_ms` overrides it; 0: no limit). When it runs out, the best
+    /// result that passes the shield by then is returned, else the fallback.
+    pub max_added_ms: u64,
 }
 
 impl Default for EnforceConfig {
@@ -233,6 +274,7 @@ impl Default for EnforceConfig {
             first_window_chars: 40,
             window_chars: 160,
             max_window_chars: 600,
+            max_added_ms: 10_000,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod config_models;
 pub mod detector;
+pub mod edit;
 pub mod enforce;
 pub mod error;
 pub mod grpo;

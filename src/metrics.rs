@@ -47,6 +47,22 @@ pub struct StageLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EditLabels {
+    pub kind: String,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub tenant: String,
     pub action: String,
@@ -97,6 +113,11 @@ pub struct Metrics {
     actions: Family<ActionLabels, Counter>,
     value_actions: Family<ValueActionLabels, Counter>,
     held_back_chars: Counter,
+    /// Time enforcement added (a JSON answer, a stream window, a buffered stream), its budget
+    /// running out, and the edits made.
+    added: Family<KindLabels, Histogram, fn() -> Histogram>,
+    budget_exhausted: Family<TenantLabels, Counter>,
+    edits: Family<EditLabels, Counter>,
     /// The same enforcement figures per tenant, as JSON for `GET /v1/stats`.
     pub stats: crate::stats::Stats,
 }
@@ -232,9 +253,32 @@ impl Metrics {
             "Characters of streamed answers held back until their window was checked",
             held_back_chars.clone(),
         );
+        let added = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            stage_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "enforce_added_seconds",
+            "Time enforcement added, by kind: json (an answer), window (a stream window), buffer (a held stream), stream_end (a sentence appended at a stream's end)",
+            added.clone(),
+        );
+        let budget_exhausted = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "enforce_budget_exhausted",
+            "Enforcements whose time budget (max_added_ms) ran out before every edit site had its candidates",
+            budget_exhausted.clone(),
+        );
+        let edits = Family::<EditLabels, Counter>::default();
+        registry.register(
+            "enforce_edits",
+            "Sentence edits returned to clients, by kind (rewritten, dropped, inserted) and source (model, clause, drop, bank)",
+            edits.clone(),
+        );
         Self {
             encoder,
             llm,
+            added,
+            budget_exhausted,
+            edits,
             stage_duration,
             actions,
             value_actions,
@@ -333,6 +377,31 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    pub fn added(&self, kind: &str, took: Duration) {
+        self.added
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn budget_exhausted(&self, tenant: &str) {
+        self.budget_exhausted
+            .get_or_create(&TenantLabels {
+                tenant: tenant.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn edit(&self, kind: &str, source: &str) {
+        self.edits
+            .get_or_create(&EditLabels {
+                kind: kind.to_owned(),
+                source: source.to_owned(),
+            })
+            .inc();
     }
 
     pub fn held_back(&self, tenant: &str, chars: usize) {

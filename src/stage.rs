@@ -38,6 +38,10 @@ pub struct StageJson {
 }
 
 pub trait ResponseStage: Send + Sync + 'static {
+    /// Change the request before it goes upstream (e.g. a steering system message); the
+    /// default leaves it alone.
+    fn prepare(&self, _tenant: &Tenant, _body: &mut serde_json::Map<String, serde_json::Value>) {}
+
     /// A complete, successful JSON answer (already checked to be JSON).
     fn json(
         &self,

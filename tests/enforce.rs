@@ -1,7 +1,7 @@
 //! Enforcement through the running proxy with the real local model (SmolLM2 via mistral.rs) and
-//! the real encoder and detector: the local upstream, audit / rewrite / block on JSON and
-//! streams, the shield's fallback, no leaks from streams, cancellation, /v1/values/rewrite, and
-//! the official openai SDK reading a rewritten stream.
+//! the real encoder and detector, with the whole-text rewriter: the local upstream, audit /
+//! rewrite / block on JSON and streams, the shield's fallback, no leaks from streams,
+//! cancellation, /v1/values/rewrite, and the official openai SDK reading a rewritten stream.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -47,6 +47,7 @@ min_length_ratio = 0.1
 {rewriter}
 
 [enforce]
+max_added_ms = 0
 first_window_chars = 20
 window_chars = 60
 
@@ -82,12 +83,14 @@ self_manage_profile = true
     )
 }
 
-/// A shield that lets any well-formed candidate through, so rewrites are deterministic enough
-/// to test the plumbing; the fallback proxy below uses an impossible threshold instead.
-/// Both allow more rounds of candidates: the lenient shield stops at the first round with a
-/// usable candidate, the impossible one tries them all.
-const LENIENT: &str = "min_improvement = -1.0\nmin_integrity = 0.0\nrounds = 3";
-const IMPOSSIBLE: &str = "min_integrity = 1.01\nrounds = 2";
+/// The whole-text rewriter (`mode = "whole"`, the design before sentence edits, still
+/// available) with a shield that lets any well-formed candidate through, so rewrites are
+/// deterministic enough to test the plumbing; the fallback proxy below uses an impossible
+/// threshold instead. Both allow more rounds of candidates: the lenient shield stops at the
+/// first round with a usable candidate, the impossible one tries them all. Sentence edits,
+/// the default, are tested in `tests/edits.rs`.
+const LENIENT: &str = "mode = \"whole\"\nmin_improvement = -1.0\nmin_integrity = 0.0\nrounds = 3";
+const IMPOSSIBLE: &str = "mode = \"whole\"\nmin_integrity = 1.01\nrounds = 2";
 
 fn start(mock: &MockUpstream, rewriter: &str) -> Proxy {
     Proxy::start(&config(mock, rewriter), &[("VISA_ADMIN_KEY", ADMIN)])

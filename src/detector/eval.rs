@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::calibration::{Calibration, ece, reliability};
 use super::{CATEGORIES, Head, category_value};
 use crate::models::encoder::SentenceEncoder;
 use crate::models::service::embed_batched;
@@ -179,7 +180,7 @@ pub fn latency(
 
 /// Long answers made of 5 consecutive arguments each (gold: the union of their labels), scored
 /// (a) whole, truncated to the encoder's token limit, and (b) sentence by sentence with the
-/// maximum over windows, as the detector does.
+/// maximum over sentences, as the detector does.
 fn long_texts(
     encoder: &SentenceEncoder,
     head: &Head,
@@ -208,32 +209,14 @@ fn long_texts(
     let whole_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let whole = embed_batched(encoder, &whole_refs, 16).map_err(anyhow::Error::msg)?;
     let whole_probs: Vec<[f32; 20]> = whole.iter().map(|v| head.probabilities(v)).collect();
-    let per_text: Vec<Vec<String>> = texts
-        .iter()
-        .map(|t| super::windows(t, super::WINDOW_WORDS, super::MIN_WINDOW_WORDS))
-        .collect();
-    let flat: Vec<&str> = per_text.iter().flatten().map(String::as_str).collect();
-    let vecs = embed_batched(encoder, &flat, 32).map_err(anyhow::Error::msg)?;
-    let mut it = vecs.iter();
-    let window_probs: Vec<[f32; 20]> = per_text
-        .iter()
-        .map(|w| {
-            let mut p = [0f32; 20];
-            for v in it.by_ref().take(w.len()) {
-                for (x, y) in p.iter_mut().zip(head.probabilities(v)) {
-                    *x = x.max(y);
-                }
-            }
-            p
-        })
-        .collect();
+    let (window_probs, n_units) = sentence_probs(encoder, head, None, &whole_refs)?;
     let a = evaluate(&whole_probs, &gold, &head.thresholds);
     let b = evaluate(&window_probs, &gold, &head.thresholds);
     println!();
     println!(
-        "long texts ({} texts of 5 arguments, {:.1} windows each): macro-F1 categories / values: whole text {:.3} / {:.3}, sentence windows + max {:.3} / {:.3}",
+        "long texts ({} texts of 5 arguments, {:.1} sentences each): macro-F1 categories / values: whole text {:.3} / {:.3}, sentence by sentence + max {:.3} / {:.3}",
         groups.len(),
-        flat.len() as f64 / groups.len() as f64,
+        n_units as f64 / groups.len() as f64,
         a.macro_f1_categories,
         a.macro_f1_values,
         b.macro_f1_categories,
@@ -242,11 +225,253 @@ fn long_texts(
     Ok(())
 }
 
+/// Category probabilities of each text as the detector serves them: the maximum over its
+/// sentences (times the gate, when given); and how many sentences were scored.
+fn sentence_probs(
+    encoder: &SentenceEncoder,
+    head: &Head,
+    gate: Option<&super::gate::Gate>,
+    texts: &[&str],
+) -> anyhow::Result<(Vec<[f32; 20]>, usize)> {
+    let per_text: Vec<Vec<super::Sentence>> = texts.iter().map(|t| super::units(t)).collect();
+    let flat: Vec<&str> = per_text
+        .iter()
+        .zip(texts)
+        .flat_map(|(u, t)| u.iter().map(|s| s.body(t)))
+        .collect();
+    let vecs = embed_batched(encoder, &flat, 32).map_err(anyhow::Error::msg)?;
+    let mut it = vecs.iter();
+    let probs = per_text
+        .iter()
+        .map(|u| {
+            let mut p = [0f32; 20];
+            for v in it.by_ref().take(u.len()) {
+                let (_, q) = super::raw_values(head, gate, v);
+                for (x, y) in p.iter_mut().zip(q) {
+                    *x = x.max(y);
+                }
+            }
+            p
+        })
+        .collect();
+    Ok((probs, flat.len()))
+}
+
+/// Expected calibration error and a reliability table per value, raw and calibrated, on the
+/// split's arguments scored as served (the maximum over sentences).
+fn calibration_report(
+    encoder: &SentenceEncoder,
+    head: &Head,
+    gate: Option<&super::gate::Gate>,
+    calibration: &Calibration,
+    items: &[super::data::Argument],
+) -> anyhow::Result<()> {
+    let texts: Vec<&str> = items.iter().map(|a| a.text()).collect();
+    let raw = super::calibrate::served_raw(encoder, head, gate, &texts)?;
+    let labels: Vec<[bool; 10]> = items
+        .iter()
+        .map(|a| super::calibrate::value_labels(&a.labels))
+        .collect();
+    let bins = super::calibrate::BINS;
+    println!();
+    println!(
+        "calibration ({} arguments, each scored sentence by sentence, max; {bins} equal-width bins; calibration: {}{}):",
+        items.len(),
+        calibration.method,
+        if gate.is_some() { ", with the value gate" } else { "" }
+    );
+    println!(
+        "{:<15} {:>9} {:>11} {:>10} {:>12}",
+        "value", "ECE raw", "ECE calib.", "mean raw", "mean calib."
+    );
+    let mut tables = Vec::new();
+    let (mut sum_raw, mut sum_cal) = (0.0, 0.0);
+    for v in ValueId::ALL {
+        let p: Vec<f32> = raw.iter().map(|r| r.get(v)).collect();
+        let q: Vec<f32> = raw
+            .iter()
+            .map(|r| calibration.apply(r).get(v))
+            .collect();
+        let l: Vec<bool> = labels.iter().map(|x| x[v.index()]).collect();
+        let (e_raw, e_cal) = (ece(&p, &l, bins), ece(&q, &l, bins));
+        sum_raw += e_raw;
+        sum_cal += e_cal;
+        let rate = l.iter().filter(|x| **x).count() as f32 / l.len().max(1) as f32;
+        println!(
+            "{:<15} {:>9.3} {:>11.3} {:>10.3} {:>12.3}   (share present {:.3})",
+            v.to_string(),
+            e_raw,
+            e_cal,
+            p.iter().sum::<f32>() / p.len().max(1) as f32,
+            q.iter().sum::<f32>() / q.len().max(1) as f32,
+            rate
+        );
+        tables.push((v, reliability(&p, &l, bins), reliability(&q, &l, bins)));
+    }
+    println!(
+        "mean ECE over the 10 values: raw {:.3}, calibrated {:.3}",
+        sum_raw / 10.0,
+        sum_cal / 10.0
+    );
+    println!();
+    println!(
+        "reliability per value: for each bin of predicted probability, observed share present / count (raw -> calibrated)"
+    );
+    let header: Vec<String> = (0..bins)
+        .map(|i| format!("{:.1}-{:.1}", i as f32 / bins as f32, (i + 1) as f32 / bins as f32))
+        .collect();
+    println!("{:<24} {}", "value", header.join("  "));
+    for (v, a, b) in tables {
+        for (name, t) in [("raw", a), ("calibrated", b)] {
+            let cells: Vec<String> = t
+                .iter()
+                .map(|x| {
+                    if x.count == 0 {
+                        "    -   ".to_owned()
+                    } else {
+                        format!("{:.2}/{:<4}", x.observed, x.count)
+                    }
+                })
+                .collect();
+            println!("{:<24} {}", format!("{v} {name}"), cells.join(" "));
+        }
+    }
+    Ok(())
+}
+
+/// How often the detector calls value-neutral texts value-laden: per value, the share of the
+/// texts whose calibrated score is at least 0.5 ("present"), the share labelled present by the
+/// category thresholds, the mean score, and the share within the default tolerance (0.15) of a
+/// target of 0.1 (score at most 0.25), i.e. that pass a profile which keeps the value low.
+pub fn neutral_check(
+    encoder: &SentenceEncoder,
+    head: &Head,
+    gate: Option<&super::gate::Gate>,
+    calibration: &Calibration,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let texts = super::calibrate::read_texts(path)?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let raw = super::calibrate::served_raw(encoder, head, gate, &refs)?;
+    let (probs, _) = sentence_probs(encoder, head, gate, &refs)?;
+    let n = texts.len().max(1) as f32;
+    println!();
+    println!(
+        "neutral texts ({}, {}): per value, share called present (calibrated score >= 0.5), share labelled present (category thresholds), mean score raw -> calibrated, share within tolerance of a low target (score <= 0.25)",
+        texts.len(),
+        path.display()
+    );
+    println!(
+        "{:<15} {:>9} {:>9} {:>10} {:>12} {:>10}",
+        "value", "present", "labelled", "mean raw", "mean calib.", "low ok"
+    );
+    let mut all_low = vec![true; texts.len()];
+    for v in ValueId::ALL {
+        let cal: Vec<f32> = raw.iter().map(|r| calibration.apply(r).get(v)).collect();
+        let labelled = probs
+            .iter()
+            .filter(|p| {
+                (0..20).any(|c| category_value(c) == Some(v) && p[c] >= head.thresholds[c])
+            })
+            .count();
+        for (ok, x) in all_low.iter_mut().zip(&cal) {
+            *ok &= *x <= 0.25;
+        }
+        println!(
+            "{:<15} {:>9.3} {:>9.3} {:>10.3} {:>12.3} {:>10.3}",
+            v.to_string(),
+            cal.iter().filter(|x| **x >= 0.5).count() as f32 / n,
+            labelled as f32 / n,
+            raw.iter().map(|r| r.get(v)).sum::<f32>() / n,
+            cal.iter().sum::<f32>() / n,
+            cal.iter().filter(|x| **x <= 0.25).count() as f32 / n
+        );
+    }
+    println!(
+        "texts within tolerance of a profile keeping all ten values low (each score <= 0.25): {:.3}",
+        all_low.iter().filter(|x| **x).count() as f32 / n
+    );
+    Ok(())
+}
+
+/// The other side of the gate: sentences in an answer's style that each express one value
+/// (`value` field). Per value: the mean calibrated score for it, with and without the gate,
+/// and how many reach 0.5 and 0.8.
+pub fn valued_check(
+    encoder: &SentenceEncoder,
+    head: &Head,
+    gate: Option<&super::gate::Gate>,
+    calibration: &Calibration,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let raw_file = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut rows: Vec<(ValueId, String)> = Vec::new();
+    for line in raw_file.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let id: ValueId = v["value"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+        rows.push((id, v["text"].as_str().unwrap_or_default().to_owned()));
+    }
+    let refs: Vec<&str> = rows.iter().map(|(_, t)| t.as_str()).collect();
+    let gated = super::calibrate::served_raw(encoder, head, gate, &refs)?;
+    let ungated = super::calibrate::served_raw(encoder, head, None, &refs)?;
+    println!();
+    println!(
+        "value-laden texts in an answer's style ({}, {}): per value, the calibrated score of its own sentences: mean with the gate (without), and how many reach 0.5 and 0.8",
+        rows.len(),
+        path.display()
+    );
+    println!(
+        "{:<15} {:>6} {:>10} {:>9} {:>9}",
+        "value", "texts", "mean", ">= 0.5", ">= 0.8"
+    );
+    for v in ValueId::ALL {
+        let mine: Vec<usize> = (0..rows.len()).filter(|i| rows[*i].0 == v).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let with: Vec<f32> = mine.iter().map(|i| calibration.apply(&gated[*i]).get(v)).collect();
+        let without: Vec<f32> = mine.iter().map(|i| calibration.apply(&ungated[*i]).get(v)).collect();
+        let n = mine.len() as f32;
+        println!(
+            "{:<15} {:>6} {:>4.2} ({:.2}) {:>9} {:>9}",
+            v.to_string(),
+            mine.len(),
+            with.iter().sum::<f32>() / n,
+            without.iter().sum::<f32>() / n,
+            with.iter().filter(|x| **x >= 0.5).count(),
+            with.iter().filter(|x| **x >= 0.8).count()
+        );
+    }
+    Ok(())
+}
+
 /// `visa-proxy eval-detector`.
-pub fn run(data: &Path, split: &str, encoder_dir: &Path, head_path: &Path) -> anyhow::Result<()> {
+pub fn run(
+    data: &Path,
+    split: &str,
+    encoder_dir: &Path,
+    head_path: &Path,
+    calibration_path: Option<&Path>,
+    neutral: Option<&Path>,
+    valued: Option<&Path>,
+) -> anyhow::Result<()> {
     let items = super::data::load_split(data, split).map_err(anyhow::Error::msg)?;
     let head = Head::load(head_path).map_err(anyhow::Error::msg)?;
     let encoder = super::train::load_encoder(encoder_dir, head_path)?;
+    let calibration = match calibration_path {
+        Some(p) => Calibration::load(p).map_err(anyhow::Error::msg)?,
+        None => Calibration::identity(),
+    };
+    // The head's gate goes with the calibration (both off: the raw head).
+    let gate_file = super::train::gate_path(head_path);
+    let gate = match (calibration_path, gate_file.exists()) {
+        (Some(_), true) => Some(super::gate::Gate::load(&gate_file).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
     let texts: Vec<&str> = items.iter().map(|a| a.text()).collect();
     let started = Instant::now();
     eprintln!("embedding {} texts of split {split} ...", texts.len());
@@ -261,7 +486,26 @@ pub fn run(data: &Path, split: &str, encoder_dir: &Path, head_path: &Path) -> an
         super::MAPPING_NAME
     );
     print_report(&report);
+    let (served, _) = sentence_probs(&encoder, &head, None, &texts)?;
+    let served_report = evaluate(&served, &gold, &head.thresholds);
+    let (gated, _) = sentence_probs(&encoder, &head, gate.as_ref(), &texts)?;
+    let gated_report = evaluate(&gated, &gold, &head.thresholds);
+    println!();
+    println!(
+        "the same arguments scored as served (sentence by sentence, max): macro-F1 categories {:.3}, values {:.3}; with the value gate (the labels serving returns): {:.3}, {:.3}",
+        served_report.macro_f1_categories,
+        served_report.macro_f1_values,
+        gated_report.macro_f1_categories,
+        gated_report.macro_f1_values
+    );
     long_texts(&encoder, &head, &items)?;
+    calibration_report(&encoder, &head, gate.as_ref(), &calibration, &items)?;
+    if let Some(path) = neutral {
+        neutral_check(&encoder, &head, gate.as_ref(), &calibration, path)?;
+    }
+    if let Some(path) = valued {
+        valued_check(&encoder, &head, gate.as_ref(), &calibration, path)?;
+    }
     let (p50, p90, per_sec) = latency(&encoder, &head, 200, 20);
     println!();
     println!(

@@ -1,9 +1,14 @@
 //! The value detector: sentence encoder + a trained multi-label head over the 20 Touché23
 //! value categories, collapsed to Schwartz's 10 values by taking the maximum over each value's
-//! categories. Long texts are scored in sentence windows and combined by maximum.
+//! categories and calibrated per value (`calibration`). A text is scored sentence by sentence;
+//! its vector is, per value, the maximum over its sentences, and every sentence's scores are
+//! kept so that enforcement knows which sentences carry which value.
 
+pub mod calibrate;
+pub mod calibration;
 pub mod data;
 pub mod eval;
+pub mod gate;
 pub mod train;
 
 use std::collections::HashMap;
@@ -15,7 +20,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::ApiError;
 use crate::models::service::EncoderService;
+use crate::values::sentences::{self, Sentence};
 use crate::values::{N_VALUES, ValueId, ValueVector};
+pub use calibration::Calibration;
 
 /// The 20 value categories of Touché23-ValueEval, in the data set's column order.
 pub const CATEGORIES: [&str; 20] = [
@@ -160,61 +167,39 @@ impl Head {
     }
 }
 
-/// Split a text into windows, so that one strongly value-laden passage in a long answer is
-/// scored on its own: a text of at most `max_words` words is one window; a longer one is split
-/// into sentences, and sentences shorter than `min_words` are joined to the next one.
-pub fn windows(text: &str, max_words: usize, min_words: usize) -> Vec<String> {
-    if text.split_whitespace().count() <= max_words {
-        return vec![text.trim().to_owned()];
+/// Sentences with fewer words than this carry no value score (headings, "Here's how:").
+pub const MIN_SCORED_WORDS: usize = 3;
+
+/// The scored units of a text: its sentences of at least [`MIN_SCORED_WORDS`] words, or the
+/// whole (trimmed) text when it has none.
+pub fn units(text: &str) -> Vec<Sentence> {
+    let scored: Vec<Sentence> = sentences::split(text)
+        .into_iter()
+        .filter(|s| sentences::word_count(s.body(text)) >= MIN_SCORED_WORDS)
+        .collect();
+    if !scored.is_empty() {
+        return scored;
     }
-    let mut sentences = Vec::new();
-    let mut start = 0;
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
-    for (k, &(i, ch)) in chars.iter().enumerate() {
-        let end_of_sentence = matches!(ch, '.' | '!' | '?' | '\n')
-            && chars
-                .get(k + 1)
-                .is_none_or(|&(_, next)| next.is_whitespace());
-        if end_of_sentence {
-            let s = text[start..i + ch.len_utf8()].trim();
-            if !s.is_empty() {
-                sentences.push(s.to_owned());
-            }
-            start = i + ch.len_utf8();
-        }
+    let start = text.len() - text.trim_start().len();
+    let end = text.trim_end().len();
+    if start >= end {
+        return Vec::new();
     }
-    let tail = text[start..].trim();
-    if !tail.is_empty() {
-        sentences.push(tail.to_owned());
-    }
-    let mut out: Vec<String> = Vec::new();
-    let mut current = String::new();
-    for s in sentences {
-        if !current.is_empty() {
-            current.push(' ');
-        }
-        current.push_str(&s);
-        if current.split_whitespace().count() >= min_words {
-            out.push(std::mem::take(&mut current));
-        }
-    }
-    if !current.is_empty() {
-        match out.last_mut() {
-            Some(last) => {
-                last.push(' ');
-                last.push_str(&current);
-            }
-            None => out.push(current),
-        }
-    }
-    out
+    vec![Sentence {
+        start,
+        body: start,
+        end,
+    }]
 }
 
-/// Texts up to this many words are scored whole (premises in the training data average about
-/// 25 words); longer ones sentence by sentence.
-pub const WINDOW_WORDS: usize = 60;
-/// Sentences shorter than this are scored together with the next one.
-pub const MIN_WINDOW_WORDS: usize = 8;
+/// One sentence's calibrated value scores; `start..end` are byte offsets into the text.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SentenceScore {
+    pub start: usize,
+    pub end: usize,
+    pub text: String,
+    pub values: ValueVector,
+}
 
 /// One text's detection.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -224,7 +209,10 @@ pub struct Detection {
     pub labels: Vec<ValueId>,
     /// Per category, in the data set's names.
     pub categories: Vec<(String, f32)>,
+    /// Sentences scored.
     pub windows: usize,
+    /// Each scored sentence with its calibrated scores, in order.
+    pub sentences: Vec<SentenceScore>,
 }
 
 /// What the detector reports with a batch.
@@ -257,22 +245,58 @@ impl ValueDetector for Detector {
     }
 }
 
-/// Encoder service + head.
+/// Encoder service + head + value gate + calibration.
 pub struct Detector {
     pub encoder: Arc<EncoderService>,
     pub head: Head,
+    /// Scales a sentence's raw value scores by the chance that it expresses any value.
+    pub gate: Option<gate::Gate>,
+    pub calibration: Calibration,
+}
+
+/// A sentence's raw scores: the head's categories times the gate, and those collapsed to
+/// values.
+pub fn raw_values(head: &Head, gate: Option<&gate::Gate>, x: &[f32]) -> (ValueVector, [f32; 20]) {
+    let mut q = head.probabilities(x);
+    if let Some(g) = gate {
+        let p = g.probability(x);
+        for a in q.iter_mut() {
+            *a *= p;
+        }
+    }
+    (values_from_categories(&q), q)
 }
 
 impl Detector {
-    pub fn detect_one_from_windows(&self, window_vectors: &[Vec<f32>]) -> Detection {
+    /// One text's detection from its units' embeddings: per sentence the head's categories
+    /// times the gate, collapsed to values and calibrated; per value the maximum over
+    /// sentences; labels from the per-category thresholds on the maximum (gated) category
+    /// scores.
+    pub fn detect_one(
+        &self,
+        text: &str,
+        units: &[Sentence],
+        vectors: &[Vec<f32>],
+    ) -> Detection {
         let mut p = [0f32; 20];
-        for v in window_vectors {
-            let q = self.head.probabilities(v);
+        let mut values = ValueVector::default();
+        let mut sentences = Vec::with_capacity(units.len());
+        for (u, v) in units.iter().zip(vectors) {
+            let (raw, q) = raw_values(&self.head, self.gate.as_ref(), v);
             for c in 0..20 {
                 p[c] = p[c].max(q[c]);
             }
+            let calibrated = self.calibration.apply(&raw);
+            for (a, b) in values.0.iter_mut().zip(calibrated.0) {
+                *a = a.max(b);
+            }
+            sentences.push(SentenceScore {
+                start: u.start,
+                end: u.end,
+                text: u.text(text).to_owned(),
+                values: calibrated,
+            });
         }
-        let values = values_from_categories(&p);
         let mut labels = Vec::new();
         for id in ValueId::ALL {
             let present =
@@ -289,28 +313,34 @@ impl Detector {
                 .zip(p)
                 .map(|(n, x)| ((*n).to_owned(), x))
                 .collect(),
-            windows: window_vectors.len(),
+            windows: units.len(),
+            sentences,
         }
     }
 
-    /// Detect values in each text (texts are split into windows; all windows go in one
-    /// encoder request).
+    /// Detect values in each text: every text's sentences go into one encoder request.
     pub async fn detect(
         &self,
         texts: &[String],
     ) -> Result<(Vec<Detection>, DetectTiming), ApiError> {
-        let per_text: Vec<Vec<String>> = texts
+        let per_text: Vec<Vec<Sentence>> = texts.iter().map(|t| units(t)).collect();
+        let flat: Vec<String> = per_text
             .iter()
-            .map(|t| windows(t, WINDOW_WORDS, MIN_WINDOW_WORDS))
+            .zip(texts)
+            .flat_map(|(u, t)| u.iter().map(|s| s.body(t).to_owned()))
             .collect();
-        let flat: Vec<String> = per_text.iter().flatten().cloned().collect();
-        let embedded = self.encoder.embed(flat).await?;
+        let embedded = if flat.is_empty() {
+            crate::models::service::Embedded::default()
+        } else {
+            self.encoder.embed(flat).await?
+        };
         let mut vectors = embedded.vectors.into_iter();
         let detections = per_text
             .iter()
-            .map(|w| {
-                let mine: Vec<Vec<f32>> = vectors.by_ref().take(w.len()).collect();
-                self.detect_one_from_windows(&mine)
+            .zip(texts)
+            .map(|(u, t)| {
+                let mine: Vec<Vec<f32>> = vectors.by_ref().take(u.len()).collect();
+                self.detect_one(t, u, &mine)
             })
             .collect();
         Ok((
@@ -352,24 +382,13 @@ mod tests {
     }
 
     #[test]
-    fn windows_keep_sentences_whole() {
-        assert_eq!(
-            windows("One short text. Another one.", 80, 3),
-            vec!["One short text. Another one."]
-        );
-        let long = "First sentence here. Second one is here! Third? Fourth sentence. Fifth.";
-        let w = windows(long, 5, 3);
-        assert_eq!(
-            w,
-            vec![
-                "First sentence here.",
-                "Second one is here!",
-                "Third? Fourth sentence. Fifth."
-            ]
-        );
-        assert_eq!(
-            windows("Version 2.5 is out", 2, 1),
-            vec!["Version 2.5 is out"]
-        );
+    fn units_are_sentences_with_enough_words() {
+        let t = "## Tips\n1. Plan the week ahead. Rest.\nAsk your team for help when needed.";
+        let u: Vec<&str> = units(t).iter().map(|s| s.body(t)).collect();
+        assert_eq!(u, vec!["Plan the week ahead.", "Ask your team for help when needed."]);
+        // A text with no sentence long enough is one unit; a blank one has none.
+        assert_eq!(units("  Hi there ").len(), 1);
+        assert_eq!(units("  Hi there ")[0].text("  Hi there "), "Hi there");
+        assert!(units(" \n ").is_empty());
     }
 }

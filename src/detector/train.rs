@@ -34,6 +34,29 @@ pub struct TrainOptions {
     pub fine_tune_layers: usize,
     pub fine_tune_epochs: usize,
     pub fine_tune_lr: f64,
+    /// Answers of the local model to neutral prompts (`assets/detector/neutral-fit.jsonl`): with
+    /// them the value gate and the calibration are fitted after the head (`calibrate`).
+    /// `None`: no gate, no calibration.
+    pub neutral: Option<PathBuf>,
+}
+
+/// Share of the neutral answers kept out of the gate's fit, for the calibration.
+pub const NEUTRAL_HOLDOUT: f64 = 0.3;
+
+/// Whether a neutral answer is kept for calibration (by a hash of its text, so every command
+/// splits the file the same way).
+pub fn neutral_held_out(text: &str) -> bool {
+    held_out(&format!("neutral:{text}"), NEUTRAL_HOLDOUT)
+}
+
+/// The calibration that belongs to a head: `head.safetensors` -> `head.calibration.json`.
+pub fn calibration_path(head: &Path) -> PathBuf {
+    head.with_extension("calibration.json")
+}
+
+/// The value gate that belongs to a head: `head.safetensors` -> `head.gate.safetensors`.
+pub fn gate_path(head: &Path) -> PathBuf {
+    head.with_extension("gate.safetensors")
 }
 
 /// Texts per fine-tuning step.
@@ -429,6 +452,17 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<Report> {
     let card_path = card_path(&o.out);
     std::fs::write(&card_path, serde_json::to_string_pretty(&card)? + "\n")?;
     println!("wrote {} and {}", o.out.display(), card_path.display());
+    if let Some(neutral) = &o.neutral {
+        super::calibrate::run(&super::calibrate::CalibrateOptions {
+            data: o.data.clone(),
+            neutral: neutral.clone(),
+            valued: Some(neutral.with_file_name("valued-fit.jsonl")).filter(|p| p.exists()),
+            encoder_dir: o.encoder_dir.clone(),
+            head: o.out.clone(),
+            out: calibration_path(&o.out),
+            holdout: o.holdout,
+        })?;
+    }
     Ok(report)
 }
 

@@ -2,7 +2,10 @@
 //! profile; pass it, rewrite it (shielded), or block it, as the profile says; report what was
 //! done in headers and, on request, in a `visa` object. Streams are handled in `stream`.
 
+pub mod steering;
 pub mod stream;
+
+pub use steering::steering_message;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +16,13 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::config::EnforceConfig;
+use crate::config::{EnforceConfig, RewriteMode};
+use crate::edit::{Edit, EditRequest, Editor, Scope};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
 use crate::rewriter::{Decision, Rewriter};
 use crate::score::{Scorer, ValueFit};
+use crate::values::ValueVector;
 use crate::stage::{ResponseStage, StageContext, StageJson, StageStream};
 use crate::store::Profiles;
 use crate::values::ValueId;
@@ -71,20 +76,57 @@ pub struct Report {
     pub candidates: usize,
     pub detect_ms: f64,
     pub rewrite_ms: f64,
+    /// The sentence edits made (a rewritten answer).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub edits: Vec<Edit>,
+    /// The time enforcement of this text was allowed and what it took, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_ms: Option<f64>,
+    pub spent_ms: f64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub budget_exhausted: bool,
 }
 
 /// A decision and the text to send (None: the original stays; for blocked, nothing is sent).
 pub struct Outcome {
     pub action: VisaAction,
     pub text: Option<String>,
+    /// For an append-only decision (the end of a stream): the text to append.
+    pub appended: Option<String>,
     pub report: Report,
+}
+
+/// How one text is decided: the request it answers, the time budget, and for a stream the
+/// values released before and which edits it may make.
+#[derive(Clone, Copy)]
+pub struct Decide<'a> {
+    pub context: Option<&'a str>,
+    pub deadline: Option<tokio::time::Instant>,
+    pub prior: Option<ValueVector>,
+    pub scope: Scope,
+}
+
+impl<'a> Decide<'a> {
+    /// A whole answer (a JSON choice, a buffered stream).
+    pub fn whole(context: Option<&'a str>, deadline: Option<tokio::time::Instant>) -> Self {
+        Self {
+            context,
+            deadline,
+            prior: None,
+            scope: Scope::Full,
+        }
+    }
 }
 
 pub struct Enforcer {
     pub profiles: Arc<Profiles>,
     /// None when the value models are disabled.
     pub scorer: Option<Scorer>,
+    /// The whole-text rewriter (`[rewriter] mode = "whole"`), when a model is configured.
     pub rewriter: Option<Arc<Rewriter>>,
+    /// The sentence editor (`[rewriter] mode = "edits"`), whenever the value models are on.
+    pub editor: Option<Arc<Editor>>,
+    pub mode: RewriteMode,
     pub config: EnforceConfig,
     pub metrics: Arc<Metrics>,
 }
@@ -138,24 +180,171 @@ impl Enforcer {
         Ok(Some(p))
     }
 
-    /// Decide one text: detect, then pass, rewrite or block.
+    /// The time enforcement may add under `profile` (none: no limit).
+    pub fn budget(&self, profile: &Profile) -> Option<Duration> {
+        let ms = profile.max_added_ms.unwrap_or(self.config.max_added_ms);
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    /// Decide one text: detect, then pass, rewrite (sentence edits, or the whole text) or
+    /// block.
     pub async fn decide(
         &self,
         tenant: &str,
         profile: &Profile,
         index: usize,
         text: &str,
-        context: Option<&str>,
+        how: Decide<'_>,
     ) -> Result<Outcome, ApiError> {
+        match (&self.editor, self.mode) {
+            (Some(editor), RewriteMode::Edits) => {
+                self.decide_edits(editor, tenant, profile, index, text, how)
+                    .await
+            }
+            _ => self.decide_whole(tenant, profile, index, text, how).await,
+        }
+    }
+
+    async fn decide_edits(
+        &self,
+        editor: &Editor,
+        tenant: &str,
+        profile: &Profile,
+        index: usize,
+        text: &str,
+        how: Decide<'_>,
+    ) -> Result<Outcome, ApiError> {
+        let started = tokio::time::Instant::now();
+        let assessed = editor.assess(profile, text, how.prior, how.scope).await?;
+        self.metrics.stage(tenant, "detect", assessed.detect);
+        let mut off: Vec<ValueId> = Vec::new();
+        for site in &assessed.sites {
+            for v in &site.values {
+                if !off.contains(v) {
+                    off.push(*v);
+                }
+            }
+        }
+        let mut report = Report {
+            index,
+            action: VisaAction::Passed,
+            before: assessed.original.clone(),
+            after: None,
+            integrity: None,
+            reason: None,
+            candidates: 0,
+            detect_ms: ms(assessed.detect),
+            rewrite_ms: 0.0,
+            edits: Vec::new(),
+            budget_ms: how
+                .deadline
+                .map(|d| ms(d.saturating_duration_since(started))),
+            spent_ms: 0.0,
+            budget_exhausted: false,
+        };
+        let finish = |mut report: Report, action: VisaAction, text, appended| {
+            report.action = action;
+            report.spent_ms = ms(started.elapsed());
+            Outcome {
+                action,
+                text,
+                appended,
+                report,
+            }
+        };
+        if assessed.sites.is_empty() || profile.action == Action::Audit {
+            if !off.is_empty() {
+                self.metrics.action(tenant, "audited", &off);
+            }
+            self.metrics.action(tenant, "passed", &[]);
+            return Ok(finish(report, VisaAction::Passed, None, None));
+        }
+        if profile.action == Action::Block {
+            report.reason = Some(format!(
+                "outside the profile's tolerance ({})",
+                off.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+            self.metrics.action(tenant, "blocked", &off);
+            return Ok(finish(report, VisaAction::Blocked, None, None));
+        }
+        let edit_started = Instant::now();
+        let outcome = editor
+            .edit(
+                EditRequest {
+                    profile,
+                    text,
+                    context: how.context,
+                    deadline: how.deadline,
+                    prior: how.prior,
+                    scope: how.scope,
+                },
+                assessed,
+            )
+            .await?;
+        self.metrics.stage(tenant, "rewrite", edit_started.elapsed());
+        if outcome.budget_exhausted {
+            self.metrics.budget_exhausted(tenant);
+        }
+        report.rewrite_ms = outcome.timing.spent_ms;
+        report.candidates = outcome.sites.iter().map(|s| s.candidates.len()).sum();
+        report.budget_exhausted = outcome.budget_exhausted;
+        if let Some(after) = &outcome.after {
+            report.after = Some(after.fit.clone());
+            report.integrity = Some(after.integrity);
+        }
+        report.reason = outcome.reason.clone();
+        let action = match (outcome.decision, profile.fallback) {
+            (Decision::Rewritten, _) => {
+                for e in &outcome.edits {
+                    let kind = serde_json::to_value(e.kind).ok();
+                    let source = serde_json::to_value(e.source).ok();
+                    self.metrics.edit(
+                        kind.as_ref().and_then(Value::as_str).unwrap_or(""),
+                        source.as_ref().and_then(Value::as_str).unwrap_or(""),
+                    );
+                }
+                report.edits = outcome.edits;
+                self.metrics.action(tenant, "rewritten", &off);
+                return Ok(finish(
+                    report,
+                    VisaAction::Rewritten,
+                    outcome.text,
+                    outcome.appended,
+                ));
+            }
+            (Decision::Passed, _) => VisaAction::Passed,
+            (Decision::Failed, Fallback::Original) => VisaAction::Fallback,
+            (Decision::Failed, Fallback::Block) => VisaAction::Blocked,
+        };
+        self.metrics.action(tenant, action.as_str(), &off);
+        Ok(finish(report, action, None, None))
+    }
+
+    /// The whole-text rewriter (`[rewriter] mode = "whole"`), under the same budget.
+    async fn decide_whole(
+        &self,
+        tenant: &str,
+        profile: &Profile,
+        index: usize,
+        text: &str,
+        how: Decide<'_>,
+    ) -> Result<Outcome, ApiError> {
+        let started = tokio::time::Instant::now();
         let scorer = self.scorer.as_ref().ok_or_else(|| {
             ApiError::new(ErrorKind::Unavailable, "the value models are disabled")
         })?;
         let (fits, detect) = scorer.fit(profile, &[text.to_owned()]).await?;
         self.metrics.stage(tenant, "detect", detect);
-        let before = fits
+        let mut before = fits
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::internal("the detector returned no result"))?;
+        if let Some(prior) = &how.prior {
+            before = ValueFit::of(
+                profile,
+                crate::edit::plan::aggregate(&[before.values], Some(prior)),
+            );
+        }
         let mut report = Report {
             index,
             action: VisaAction::Passed,
@@ -166,6 +355,12 @@ impl Enforcer {
             candidates: 0,
             detect_ms: ms(detect),
             rewrite_ms: 0.0,
+            edits: Vec::new(),
+            budget_ms: how
+                .deadline
+                .map(|d| ms(d.saturating_duration_since(started))),
+            spent_ms: 0.0,
+            budget_exhausted: false,
         };
         let off = outside(profile, &before);
         if before.within_tolerance || profile.action == Action::Audit {
@@ -173,9 +368,11 @@ impl Enforcer {
                 self.metrics.action(tenant, "audited", &off);
             }
             self.metrics.action(tenant, "passed", &[]);
+            report.spent_ms = ms(started.elapsed());
             return Ok(Outcome {
                 action: VisaAction::Passed,
                 text: None,
+                appended: None,
                 report,
             });
         }
@@ -189,43 +386,65 @@ impl Enforcer {
                     "this profile asks for rewrites but no rewriter is configured",
                 )
             })?;
-            let started = Instant::now();
-            let rewrite = rewriter
-                .rewrite_from(profile, text, context, before)
-                .await?;
-            let took = started.elapsed();
+            let rewrite_started = Instant::now();
+            let run = rewriter.rewrite_from(profile, text, how.context, before);
+            let rewrite = match how.deadline {
+                Some(d) => match tokio::time::timeout_at(d, run).await {
+                    Ok(r) => Some(r?),
+                    Err(_) => None,
+                },
+                None => Some(run.await?),
+            };
+            let took = rewrite_started.elapsed();
             self.metrics.stage(tenant, "rewrite", took);
             report.rewrite_ms = ms(took);
-            report.candidates = rewrite.candidates.len();
-            if let Some(best) = rewrite
-                .best
-                .and_then(|i| rewrite.candidates.get(i))
-                .and_then(|c| c.score.as_ref())
-            {
-                report.after = Some(best.fit.clone());
-                report.integrity = Some(best.integrity);
-            }
-            report.reason = rewrite.reason.clone();
-            match (rewrite.decision, profile.fallback) {
-                (Decision::Rewritten, _) => {
-                    report.action = VisaAction::Rewritten;
-                    self.metrics.action(tenant, "rewritten", &off);
-                    return Ok(Outcome {
-                        action: VisaAction::Rewritten,
-                        text: rewrite.text,
-                        report,
-                    });
+            match rewrite {
+                None => {
+                    report.budget_exhausted = true;
+                    self.metrics.budget_exhausted(tenant);
+                    report.reason = Some("the time budget ran out before a rewrite passed the shield".into());
+                    match profile.fallback {
+                        Fallback::Original => VisaAction::Fallback,
+                        Fallback::Block => VisaAction::Blocked,
+                    }
                 }
-                (Decision::Passed, _) => VisaAction::Passed,
-                (Decision::Failed, Fallback::Original) => VisaAction::Fallback,
-                (Decision::Failed, Fallback::Block) => VisaAction::Blocked,
+                Some(rewrite) => {
+                    report.candidates = rewrite.candidates.len();
+                    if let Some(best) = rewrite
+                        .best
+                        .and_then(|i| rewrite.candidates.get(i))
+                        .and_then(|c| c.score.as_ref())
+                    {
+                        report.after = Some(best.fit.clone());
+                        report.integrity = Some(best.integrity);
+                    }
+                    report.reason = rewrite.reason.clone();
+                    match (rewrite.decision, profile.fallback) {
+                        (Decision::Rewritten, _) => {
+                            report.action = VisaAction::Rewritten;
+                            report.spent_ms = ms(started.elapsed());
+                            self.metrics.action(tenant, "rewritten", &off);
+                            return Ok(Outcome {
+                                action: VisaAction::Rewritten,
+                                text: rewrite.text,
+                                appended: None,
+                                report,
+                            });
+                        }
+                        (Decision::Passed, _) => VisaAction::Passed,
+                        (Decision::Failed, Fallback::Original) => VisaAction::Fallback,
+                        (Decision::Failed, Fallback::Block) => VisaAction::Blocked,
+                    }
+                }
             }
         };
         report.action = action;
+        report.spent_ms = ms(started.elapsed());
         self.metrics.action(tenant, action.as_str(), &off);
         Ok(Outcome {
             action,
             text: None,
+            appended: None,
             report,
         })
     }
@@ -241,6 +460,9 @@ impl Enforcer {
         let mut answer: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_gateway(format!("upstream answer is not JSON: {e}")))?;
         let context = user_request(&ctx.request);
+        let deadline = self
+            .budget(&profile)
+            .map(|b| tokio::time::Instant::from_std(started) + b);
         // Which choices carry text to check: tool calls, refusals and empty texts pass.
         let mut work = Vec::new();
         if let Some(choices) = answer.get("choices").and_then(Value::as_array) {
@@ -264,7 +486,13 @@ impl Enforcer {
             }
         }
         let outcomes = futures_util::future::join_all(work.iter().map(|(_, index, text)| {
-            self.decide(&ctx.tenant.id, &profile, *index, text, context.as_deref())
+            self.decide(
+                &ctx.tenant.id,
+                &profile,
+                *index,
+                text,
+                Decide::whole(context.as_deref(), deadline),
+            )
         }))
         .await;
         let mut worst = VisaAction::Passed;
@@ -287,12 +515,17 @@ impl Enforcer {
             }
             reports.push(outcome.report);
         }
+        let total = started.elapsed();
+        if !work.is_empty() {
+            self.metrics.added("json", total);
+        }
         if ctx.metadata {
             answer["visa"] = json!({
                 "action": worst,
                 "profile_version": profile.version,
                 "choices": reports,
-                "total_ms": ms(started.elapsed()),
+                "budget_ms": self.budget(&profile).map(|b| b.as_millis() as u64),
+                "total_ms": ms(total),
             });
         }
         let body = serde_json::to_vec(&answer)
@@ -319,6 +552,20 @@ pub fn visa_headers(action: Option<VisaAction>, profile: &Profile) -> HeaderMap 
 pub struct EnforceStage(pub Arc<Enforcer>);
 
 impl ResponseStage for EnforceStage {
+    fn prepare(&self, tenant: &crate::tenants::Tenant, body: &mut serde_json::Map<String, Value>) {
+        let Some(profile) = self.0.profiles.get(&tenant.id) else {
+            return;
+        };
+        if !profile.steer {
+            return;
+        }
+        if let (Some(text), Some(Value::Array(messages))) =
+            (steering_message(&profile), body.get_mut("messages"))
+        {
+            messages.insert(0, json!({"role": "system", "content": text}));
+        }
+    }
+
     fn json(
         &self,
         ctx: StageContext,

@@ -14,10 +14,12 @@ use futures_util::stream::BoxStream;
 use serde_json::{Map, Value, json};
 
 use super::{
-    ACTION_HEADER, Enforcer, Outcome, REFUSAL, Report, STREAM_MODE_HEADER, VisaAction,
+    ACTION_HEADER, Decide, Enforcer, Outcome, REFUSAL, Report, STREAM_MODE_HEADER, VisaAction,
     user_request, visa_headers,
 };
+use crate::edit::Scope;
 use crate::error::ApiError;
+use crate::values::ValueVector;
 use crate::stage::{StageContext, StageStream};
 use crate::upstream::sse::StreamEvent;
 use crate::values::profile::{Action, Profile, StreamMode};
@@ -248,6 +250,8 @@ struct ChoiceBuf {
     since: Option<Instant>,
     /// Text released to the client so far.
     released: String,
+    /// The values of the released text (per value, the maximum over its sentences).
+    released_values: Option<ValueVector>,
     windows: usize,
     finished: bool,
 }
@@ -287,10 +291,16 @@ impl Windows {
             (None, true) => None,
         };
         let held_from = Instant::now();
+        let prior = buf.released_values;
+        let deadline = self
+            .enforcer
+            .budget(&self.profile)
+            .map(|b| tokio::time::Instant::now() + b);
         let Outcome {
             action,
             text: new_text,
             report,
+            ..
         } = self
             .enforcer
             .decide(
@@ -298,9 +308,21 @@ impl Windows {
                 &self.profile,
                 index,
                 text.trim(),
-                context.as_deref(),
+                Decide {
+                    context: context.as_deref(),
+                    deadline,
+                    prior,
+                    scope: Scope::LowerOnly,
+                },
             )
             .await?;
+        self.enforcer.metrics.added("window", held_from.elapsed());
+        let released_values = report
+            .after
+            .as_ref()
+            .filter(|_| action == VisaAction::Rewritten)
+            .unwrap_or(&report.before)
+            .values;
         self.enforcer
             .metrics
             .stage(&self.tenant, "hold_back", held_from.elapsed());
@@ -325,9 +347,79 @@ impl Windows {
             self.delivered_chars += t.chars().count();
             if let Some(b) = self.choices.get_mut(&index) {
                 b.released.push_str(t);
+                b.released_values = Some(released_values);
             }
         }
         Ok(out)
+    }
+
+    /// At the end of a choice: when the profile rewrites and the released answer lacks a value
+    /// it asks for, one sentence that expresses it, to append (the text before was sent
+    /// already, so the end is the only place left). `None`: nothing to add.
+    async fn append_at_end(&mut self, index: usize) -> Result<Option<Item>, ApiError> {
+        if self.profile.action != Action::Rewrite {
+            return Ok(None);
+        }
+        let Some(buf) = self.choices.get(&index) else {
+            return Ok(None);
+        };
+        if buf.released.trim().is_empty() {
+            return Ok(None);
+        }
+        let released = buf.released.clone();
+        let started = Instant::now();
+        let deadline = self
+            .enforcer
+            .budget(&self.profile)
+            .map(|b| tokio::time::Instant::now() + b);
+        let outcome = self
+            .enforcer
+            .decide(
+                &self.tenant,
+                &self.profile,
+                index,
+                &released,
+                Decide {
+                    context: self.context.as_deref(),
+                    deadline,
+                    prior: None,
+                    scope: Scope::AppendOnly,
+                },
+            )
+            .await?;
+        // Nothing was missing: no report, nothing to add.
+        if outcome.action == VisaAction::Passed {
+            return Ok(None);
+        }
+        self.enforcer.metrics.added("stream_end", started.elapsed());
+        self.worst = self.worst.max(outcome.action);
+        let mut report = outcome.report;
+        // A failed append cannot withhold what was sent: it is reported, not blocked.
+        if report.action == VisaAction::Blocked {
+            report.action = VisaAction::Fallback;
+        }
+        self.reports.push(report);
+        let appended = outcome
+            .appended
+            .filter(|_| outcome.action == VisaAction::Rewritten);
+        if let Some(b) = self.choices.get_mut(&index) {
+            b.windows += 1;
+            if let Some(t) = &appended {
+                b.released.push_str(t);
+            }
+        }
+        let live = self.window_report(index, 0);
+        Ok(match appended {
+            Some(t) => {
+                self.changed = true;
+                self.delivered_chars += t.chars().count();
+                Some(self.template.chunk(
+                    json!([{"index": index, "delta": {"content": t}, "finish_reason": null}]),
+                    live,
+                ))
+            }
+            None => live.map(|r| self.template.chunk(json!([]), Some(r))),
+        })
     }
 
     /// The `visa_window` field for the window just decided, when metadata was asked for.
@@ -503,6 +595,11 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
                         let (items, stop) = state.release_or_end(index, true).await;
                         for it in items { yield it; }
                         if stop { return; }
+                        match state.append_at_end(index).await {
+                            Ok(Some(it)) => yield it,
+                            Ok(None) => {}
+                            Err(e) => { yield Err(e); return; }
+                        }
                         state.choices.entry(index).or_default().finished = true;
                         yield state.template.finish(index, &reason);
                     }
@@ -512,11 +609,16 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
             }
         }
         // The upstream ended: check what is still held.
-        let open: Vec<usize> = state.choices.iter().filter(|(_, b)| !b.held.is_empty()).map(|(i, _)| *i).collect();
+        let open: Vec<usize> = state.choices.iter().filter(|(_, b)| !b.finished).map(|(i, _)| *i).collect();
         for index in open {
             let (items, stop) = state.release_or_end(index, true).await;
             for it in items { yield it; }
             if stop { return; }
+            match state.append_at_end(index).await {
+                Ok(Some(it)) => yield it,
+                Ok(None) => {}
+                Err(e) => { yield Err(e); return; }
+            }
         }
         for it in state.tail() { yield it; }
     }
@@ -552,6 +654,11 @@ async fn buffer(
             }
         }
     }
+    let held_from = Instant::now();
+    let deadline = state
+        .enforcer
+        .budget(&state.profile)
+        .map(|b| tokio::time::Instant::now() + b);
     let outcomes = futures_util::future::join_all(texts.iter().map(|(index, text)| {
         let (enforcer, profile, tenant, context) = (
             state.enforcer.clone(),
@@ -565,12 +672,19 @@ async fn buffer(
                 return Ok(None);
             }
             enforcer
-                .decide(&tenant, &profile, index, &text, context.as_deref())
+                .decide(
+                    &tenant,
+                    &profile,
+                    index,
+                    &text,
+                    Decide::whole(context.as_deref(), deadline),
+                )
                 .await
                 .map(Some)
         }
     }))
     .await;
+    state.enforcer.metrics.added("buffer", held_from.elapsed());
     let mut events: Vec<Item> = others;
     for ((index, text), outcome) in texts.iter().zip(outcomes) {
         let outcome = outcome?;
@@ -631,7 +745,7 @@ fn audit(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStrea
         let score = async move {
             for (index, text) in &texts {
                 if text.trim().is_empty() { continue; }
-                match state.enforcer.decide(&state.tenant, &state.profile, *index, text, None).await {
+                match state.enforcer.decide(&state.tenant, &state.profile, *index, text, Decide::whole(None, None)).await {
                     Ok(o) => state.reports.push(o.report),
                     Err(e) => tracing::warn!(error = %e.message, "audit scoring failed"),
                 }

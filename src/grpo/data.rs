@@ -49,6 +49,8 @@ impl Item {
                 action: Action::Rewrite,
                 fallback: Fallback::Original,
                 stream_mode: StreamMode::Window,
+                steer: false,
+                max_added_ms: None,
             },
             0,
             0,

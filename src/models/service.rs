@@ -12,6 +12,7 @@ use super::encoder::SentenceEncoder;
 use crate::error::{ApiError, ErrorKind};
 
 /// Embeddings and the time the batch took.
+#[derive(Default)]
 pub struct Embedded {
     pub vectors: Vec<Vec<f32>>,
     pub queued: Duration,

@@ -239,6 +239,9 @@ mod tests {
             second_l2_before: 0.5,
             second_l2: 0.5,
             second_closed: 0.0,
+            kind: "single".into(),
+            edits: 0,
+            added_ms: 1.0,
         }
     }
 

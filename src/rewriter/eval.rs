@@ -62,6 +62,26 @@ pub struct EvalOptions {
     pub min_source_chars: usize,
     #[arg(long, default_value_t = 320)]
     pub max_source_chars: usize,
+    /// Which items: `single` (one premise each, as above), `multi` (4-6 premises written for
+    /// the same conclusion, joined into one text of 450-1,400 characters, as LLM answers are),
+    /// or `both`.
+    #[arg(long, default_value = "both")]
+    pub kind: String,
+    /// Which enforcement: `edits` (sentence edits, what the proxy serves), `whole` (whole-text
+    /// rewrites, the earlier design) or `both` (whole first: the baseline of the paired table).
+    #[arg(long, default_value = "edits")]
+    pub editor: String,
+    /// Items of the multi kind (default: --items).
+    #[arg(long)]
+    pub multi_items: Option<usize>,
+    /// Time budget of each sentence-edit enforcement in ms (default: the config's
+    /// `[enforce] max_added_ms`; 0: none). The whole-text rewriter runs without one.
+    #[arg(long)]
+    pub budget_ms: Option<u64>,
+    /// Model candidates per edit site (default: the config's `[rewriter]
+    /// edit_model_candidates`).
+    #[arg(long)]
+    pub edit_model_candidates: Option<usize>,
 }
 
 /// One item under one rewriter.
@@ -85,6 +105,15 @@ pub struct ItemResult {
     pub second_l2_before: f32,
     pub second_l2: f32,
     pub second_closed: f32,
+    /// `single` or `multi`.
+    #[serde(default)]
+    pub kind: String,
+    /// Sentence edits in the candidate (0 for whole-text rewrites).
+    #[serde(default)]
+    pub edits: usize,
+    /// The time enforcement took for the item (detection included), in ms.
+    #[serde(default)]
+    pub added_ms: f64,
 }
 
 /// One rewriter's summary.
@@ -113,6 +142,12 @@ pub struct Summary {
     /// Share of the rewrites the detector says moved toward the target (closed > 0) that the
     /// second scorer agrees moved toward it too.
     pub second_agrees: f32,
+    /// Share of the answers the shield accepted that the second scorer says moved toward the
+    /// target.
+    pub second_agrees_accepted: f32,
+    pub edits_per_answer: f32,
+    pub added_ms_p50: f64,
+    pub added_ms_p90: f64,
 }
 
 fn mean(v: impl Iterator<Item = f32>) -> f32 {
@@ -124,6 +159,8 @@ pub fn summarize(name: &str, r: &[ItemResult]) -> Summary {
     let share = |f: &dyn Fn(&ItemResult) -> bool| mean(r.iter().map(|x| f(x) as u8 as f32));
     let mut ms: Vec<f64> = r.iter().map(|x| x.generate_ms).collect();
     ms.sort_by(f64::total_cmp);
+    let mut added: Vec<f64> = r.iter().map(|x| x.added_ms).collect();
+    added.sort_by(f64::total_cmp);
     Summary {
         rewriter: name.to_owned(),
         items: r.len(),
@@ -147,17 +184,25 @@ pub fn summarize(name: &str, r: &[ItemResult]) -> Summary {
                 .filter(|x| x.closed > 0.0)
                 .map(|x| (x.second_closed > 0.0) as u8 as f32),
         ),
+        second_agrees_accepted: mean(
+            r.iter()
+                .filter(|x| x.shield_passed)
+                .map(|x| (x.second_closed > 0.0) as u8 as f32),
+        ),
+        edits_per_answer: mean(r.iter().map(|x| x.edits as f32)),
+        added_ms_p50: added.get(added.len() / 2).copied().unwrap_or(0.0),
+        added_ms_p90: added.get(added.len() * 9 / 10).copied().unwrap_or(0.0),
     }
 }
 
 /// The markdown table.
 pub fn table(rows: &[Summary]) -> String {
     let mut s = String::from(
-        "| rewriter | items | L2 before | L2 after | cosine | distance closed | consistency | JSR (L2<0.8, cons>0.3) | strict (cons>0.6, closed>=50%) | shield fallback | rejected | length ratio | generate p50 / p90 | 2nd scorer: L2 before | L2 after | closed | agrees |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| rewriter | items | L2 before | L2 after | cosine | distance closed | consistency | JSR (L2<0.8, cons>0.3) | strict (cons>0.6, closed>=50%) | shield fallback | rejected | length ratio | edits per answer | generate p50 / p90 | added p50 / p90 | 2nd scorer: L2 before | L2 after | closed | agrees | agrees (accepted) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.1}% | {:.3} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.2} | {:.0} / {:.0} ms | {:.3} | {:.3} | {:.1}% | {:.0}% |\n",
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.1}% | {:.3} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.2} | {:.2} | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {:.3} | {:.3} | {:.1}% | {:.0}% | {:.0}% |\n",
             r.rewriter,
             r.items,
             r.l2_before,
@@ -170,46 +215,19 @@ pub fn table(rows: &[Summary]) -> String {
             100.0 * r.fallback,
             100.0 * r.rejected,
             r.length_ratio,
+            r.edits_per_answer,
             r.generate_ms_p50,
             r.generate_ms_p90,
+            r.added_ms_p50,
+            r.added_ms_p90,
             r.second_l2_before,
             r.second_l2,
             100.0 * r.second_closed,
             100.0 * r.second_agrees,
+            100.0 * r.second_agrees_accepted,
         ));
     }
     s
-}
-
-/// Held-out items: the split's premises with targets (seeded, as training makes them).
-async fn held_out(
-    o: &EvalOptions,
-    scorer: &Scorer,
-) -> anyhow::Result<Vec<(Item, crate::values::ValueVector)>> {
-    let mut sources = data::touche_sources(
-        &o.data,
-        &o.split,
-        o.min_source_chars,
-        o.max_source_chars,
-        o.seed,
-    )?;
-    sources.truncate(o.items);
-    anyhow::ensure!(!sources.is_empty(), "no items in the {} split", o.split);
-    let texts: Vec<String> = sources.iter().map(|(_, t)| t.clone()).collect();
-    let (d, _) = scorer
-        .detector
-        .detect(&texts)
-        .await
-        .map_err(|e| anyhow::anyhow!("detector: {}", e.message))?;
-    let mut rng = Rng::new(o.seed ^ 0x0000_E7A1_u64);
-    Ok(sources
-        .into_iter()
-        .zip(d)
-        .map(|((id, text), d)| {
-            let target = data::make_target(&d.values, &mut rng);
-            (Item { id, text, target }, d.values)
-        })
-        .collect())
 }
 
 /// Share of the distance closed, in [-1, 1]; 0 when the original was on target.
@@ -221,14 +239,44 @@ fn closed(before: f32, after: f32) -> f32 {
     }
 }
 
+/// The second scorer's distances for an item: its own reading of the original, shifted as the
+/// detector's target shifts the detector's reading, is its target.
+fn second_distances(
+    second: &LexicalScorer,
+    item: &Item,
+    detected: &crate::values::ValueVector,
+    rewrite: &str,
+) -> (f32, f32) {
+    let second_before = second.values(&item.text);
+    let second_profile = Item {
+        id: item.id.clone(),
+        text: item.text.clone(),
+        target: item
+            .target
+            .iter()
+            .map(|(v, t)| {
+                let shift = t - detected.get(*v);
+                (*v, (second_before.get(*v) + shift).clamp(0.0, 1.0))
+            })
+            .collect(),
+    }
+    .profile();
+    (
+        second_profile.distance(&second_before),
+        second_profile.distance(&second.values(rewrite)),
+    )
+}
+
 async fn evaluate(
     rewriter: &Rewriter,
     second: &LexicalScorer,
     items: &[(Item, crate::values::ValueVector)],
+    kind: &str,
 ) -> anyhow::Result<Vec<ItemResult>> {
     let mut out = Vec::with_capacity(items.len());
     for (item, _) in items {
         let profile = item.profile();
+        let started = std::time::Instant::now();
         let (fits, _) = rewriter
             .scorer
             .fit(&profile, std::slice::from_ref(&item.text))
@@ -242,6 +290,7 @@ async fn evaluate(
             .rewrite_from(&profile, &item.text, None, before.clone())
             .await
             .map_err(|e| anyhow::anyhow!("rewrite: {}", e.message))?;
+        let added_ms = started.elapsed().as_secs_f64() * 1e3;
         // The candidate the rewriter chose (the best passing one, else the best scored one).
         let c = r
             .best
@@ -255,24 +304,7 @@ async fn evaluate(
                 // Nothing usable: the proxy returns the original.
                 None => (item.text.clone(), before.distance, before.cosine, 1.0),
             };
-        // The second scorer reads the original differently, so its target is its own reading
-        // of the original shifted as the detector's target shifts the detector's reading.
-        let second_before = second.values(&item.text);
-        let second_profile = Item {
-            id: item.id.clone(),
-            text: item.text.clone(),
-            target: item
-                .target
-                .iter()
-                .map(|(v, t)| {
-                    let shift = t - before.values.get(*v);
-                    (*v, (second_before.get(*v) + shift).clamp(0.0, 1.0))
-                })
-                .collect(),
-        }
-        .profile();
-        let second_l2_before = second_profile.distance(&second_before);
-        let second_l2 = second_profile.distance(&second.values(&rewrite));
+        let (second_l2_before, second_l2) = second_distances(second, item, &before.values, &rewrite);
         out.push(ItemResult {
             closed: closed(before.distance, l2),
             second_l2_before,
@@ -290,9 +322,141 @@ async fn evaluate(
             consistency,
             shield_passed: r.decision == Decision::Rewritten,
             generate_ms: r.generate_ms,
+            kind: kind.to_owned(),
+            edits: 0,
+            added_ms,
         });
     }
     Ok(out)
+}
+
+/// The sentence editor on the same items, as serving runs it (under the budget).
+async fn evaluate_edits(
+    editor: &crate::edit::Editor,
+    second: &LexicalScorer,
+    items: &[(Item, crate::values::ValueVector)],
+    kind: &str,
+    budget_ms: u64,
+) -> anyhow::Result<Vec<ItemResult>> {
+    use crate::edit::{EditRequest, Scope};
+    let mut out = Vec::with_capacity(items.len());
+    for (item, _) in items {
+        let profile = item.profile();
+        let started = tokio::time::Instant::now();
+        let deadline = (budget_ms > 0).then(|| started + std::time::Duration::from_millis(budget_ms));
+        let assessed = editor
+            .assess(&profile, &item.text, None, Scope::Full)
+            .await
+            .map_err(|e| anyhow::anyhow!("detect: {}", e.message))?;
+        let before = assessed.original.clone();
+        let r = editor
+            .edit(
+                EditRequest {
+                    profile: &profile,
+                    text: &item.text,
+                    context: None,
+                    deadline,
+                    prior: None,
+                    scope: Scope::Full,
+                },
+                assessed,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("edit: {}", e.message))?;
+        let added_ms = started.elapsed().as_secs_f64() * 1e3;
+        let edits = r.sites.iter().filter(|s| s.chosen.is_some()).count();
+        let (rewrite, l2, cosine, consistency) = match (&r.assembled, &r.after) {
+            (Some(t), Some(s)) => (t.clone(), s.fit.distance, s.fit.cosine, s.integrity),
+            // No edit passed its checks: the proxy returns the original.
+            _ => (item.text.clone(), before.distance, before.cosine, 1.0),
+        };
+        let (second_l2_before, second_l2) = second_distances(second, item, &before.values, &rewrite);
+        out.push(ItemResult {
+            closed: closed(before.distance, l2),
+            second_l2_before,
+            second_l2,
+            second_closed: closed(second_l2_before, second_l2),
+            id: item.id.clone(),
+            text: item.text.clone(),
+            target: item.target.clone(),
+            length_ratio: rewrite.chars().count() as f32 / item.text.chars().count().max(1) as f32,
+            rejected: (edits == 0).then(|| r.reason.clone().unwrap_or_default()),
+            rewrite,
+            l2_before: before.distance,
+            l2,
+            cosine,
+            consistency,
+            shield_passed: r.decision == Decision::Rewritten,
+            generate_ms: r.timing.generate_ms,
+            kind: kind.to_owned(),
+            edits,
+            added_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// Multi-sentence items: 4 to 6 premises of the split written for the same conclusion, in the
+/// file's order, joined into one text of 450 to 1,400 characters; in a seeded order.
+pub fn multi_sources(o: &EvalOptions) -> anyhow::Result<Vec<(String, String)>> {
+    let args = crate::detector::data::load_split(&o.data, &o.split).map_err(anyhow::Error::msg)?;
+    let mut groups: Vec<(String, String, Vec<String>)> = Vec::new();
+    for a in args {
+        match groups.iter_mut().find(|g| g.0 == a.conclusion) {
+            Some(g) => {
+                if !g.2.contains(&a.premise) {
+                    g.2.push(a.premise);
+                }
+            }
+            None => groups.push((a.conclusion.clone(), a.id.clone(), vec![a.premise])),
+        }
+    }
+    let mut out = Vec::new();
+    for (_, id, premises) in groups {
+        let mut text = String::new();
+        let mut n = 0;
+        for p in &premises {
+            let p = p.trim();
+            if n == 6 || text.chars().count() + p.chars().count() + 1 > 1400 {
+                break;
+            }
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(p);
+            n += 1;
+        }
+        if n >= 4 && text.chars().count() >= 450 {
+            out.push((format!("multi:{id}"), text));
+        }
+    }
+    data::shuffle(&mut out, o.seed);
+    out.truncate(o.multi_items.unwrap_or(o.items));
+    Ok(out)
+}
+
+/// Targets for items, made as for training from the detected vector (seeded).
+async fn with_targets(
+    sources: Vec<(String, String)>,
+    scorer: &Scorer,
+    seed: u64,
+) -> anyhow::Result<Vec<(Item, crate::values::ValueVector)>> {
+    anyhow::ensure!(!sources.is_empty(), "no items");
+    let texts: Vec<String> = sources.iter().map(|(_, t)| t.clone()).collect();
+    let (d, _) = scorer
+        .detector
+        .detect(&texts)
+        .await
+        .map_err(|e| anyhow::anyhow!("detector: {}", e.message))?;
+    let mut rng = Rng::new(seed ^ 0x0000_E7A1_u64);
+    Ok(sources
+        .into_iter()
+        .zip(d)
+        .map(|((id, text), d)| {
+            let target = data::make_target(&d.values, &mut rng);
+            (Item { id, text, target }, d.values)
+        })
+        .collect())
 }
 
 pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
@@ -300,8 +464,20 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
         !(o.skip_base && o.adapters.is_empty()),
         "--skip-base needs at least one --adapter to evaluate"
     );
+    let kinds: Vec<&str> = match o.kind.as_str() {
+        "both" => vec!["single", "multi"],
+        "single" | "multi" => vec![o.kind.as_str()],
+        k => anyhow::bail!("--kind must be single, multi or both, not {k:?}"),
+    };
+    let (whole, edits) = match o.editor.as_str() {
+        "both" => (true, true),
+        "whole" => (true, false),
+        "edits" => (false, true),
+        e => anyhow::bail!("--editor must be edits, whole or both, not {e:?}"),
+    };
     let config = Config::load(&o.config, None)
         .map_err(|e| anyhow::anyhow!("{}: {e}", o.config.display()))?;
+    let budget_ms = o.budget_ms.unwrap_or(config.enforce.max_added_ms);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -320,55 +496,98 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
             value_weight: config.rewriter.value_weight,
             integrity_floor: config.rewriter.min_integrity,
         };
-        let items = held_out(o, &scorer()).await?;
-        eprintln!("{} held-out items from the {} split", items.len(), o.split);
+        let bank = Arc::new(
+            crate::edit::bank::Bank::load(std::path::Path::new(&config.rewriter.bank), &models.semantic)
+                .await
+                .map_err(|e| anyhow::anyhow!("rewriter.bank: {e}"))?,
+        );
         let mut rewriters: Vec<(String, Option<PathBuf>)> = Vec::new();
         if !o.skip_base {
-            rewriters.push(("base (prompt only)".into(), None));
+            rewriters.push(("base".into(), None));
         }
         for a in &o.adapters {
             rewriters.push((format!("GRPO adapter {}", a.display()), Some(a.clone())));
         }
-        let mut summaries = Vec::new();
-        let mut details = Vec::new();
-        let mut all = Vec::new();
-        for (name, adapter) in rewriters {
-            let mut llm = config.llm.clone();
-            llm.adapter = adapter.map(|a| a.display().to_string());
-            let engine = Arc::new(LlmEngine::load(&llm, LlmStats::default()).await?);
-            let mut rc = config.rewriter.clone();
-            rc.candidates = o.candidates;
-            rc.rounds = o.rounds;
-            rc.validate().map_err(|e| anyhow::anyhow!("--candidates/--rounds: {e}"))?;
-            let rewriter = Rewriter {
-                backend: RewriteBackend::Local(engine),
-                scorer: scorer(),
-                config: rc,
-            };
-            eprintln!("evaluating {name} ...");
-            let results = evaluate(&rewriter, &second, &items).await?;
-            let s = summarize(&name, &results);
-            eprintln!("{}", table(std::slice::from_ref(&s)));
-            summaries.push(s);
-            details.push(json!({"rewriter": name, "items": results}));
-            all.push((name, results));
-        }
-        let paired = super::compare::against_first(&all, o.seed)?;
+        let mut md = String::new();
         std::fs::create_dir_all(&o.out)?;
-        let mut md = format!(
-            "Held-out: {} items of the {} split ({}..{} characters, seed {}); targets: the detected vector shifted on 1-2 values by 0.2/0.35/0.5. Consistency: the serving integrity, encoder similarity x the smaller of the share of the original's facts kept and the share of the rewrite's facts the original holds. {} per rewriter (the first greedy), the serving prompt and screening; the chosen candidate is measured; a rejected one counts as the original. Second scorer: a bag-of-words logistic regression (hashed word unigrams and bigrams) trained on {} arguments of the training split, sharing nothing with the detector (validation macro-F1 {:.3} over the 20 categories, {:.3} over the 10 values); its target is its own reading of the original shifted as the detector's target shifts the detector's reading; `agrees`: share of the rewrites the detector says moved toward the target that it says moved toward it too.\n\n{}",
-            items.len(), o.split, o.min_source_chars, o.max_source_chars, o.seed,
-            if o.candidates == 1 && o.rounds == 1 { "One candidate".to_owned() } else { format!("Up to {} rounds of {} candidates (another round only when none passes the shield)", o.rounds, o.candidates) },
-            second.trained_on, second.report.macro_f1_categories, second.report.macro_f1_values, table(&summaries)
-        );
-        if !paired.is_empty() {
-            md.push_str(&format!("\nPaired differences from the base on the same items (mean per item, 95% paired-bootstrap interval of {} resamples, seed {}; bold where the interval leaves 0 out; pt = percentage points):\n\n{}", super::compare::DRAWS, o.seed, super::compare::table(&paired)));
+        for kind in &kinds {
+            let sources = match *kind {
+                "single" => {
+                    let mut s = data::touche_sources(&o.data, &o.split, o.min_source_chars, o.max_source_chars, o.seed)?;
+                    s.truncate(o.items);
+                    s
+                }
+                _ => multi_sources(o)?,
+            };
+            let items = with_targets(sources, &scorer(), o.seed).await?;
+            eprintln!("{} held-out {kind} items from the {} split", items.len(), o.split);
+            let mut summaries = Vec::new();
+            let mut details = Vec::new();
+            let mut all = Vec::new();
+            for (name, adapter) in &rewriters {
+                let mut llm = config.llm.clone();
+                llm.adapter = adapter.as_ref().map(|a| a.display().to_string());
+                let engine = Arc::new(LlmEngine::load(&llm, LlmStats::default()).await?);
+                let mut rc = config.rewriter.clone();
+                rc.candidates = o.candidates;
+                rc.rounds = o.rounds;
+                if let Some(n) = o.edit_model_candidates {
+                    rc.edit_model_candidates = n;
+                }
+                rc.validate().map_err(|e| anyhow::anyhow!("--candidates/--rounds: {e}"))?;
+                let mut runs: Vec<(String, Vec<ItemResult>)> = Vec::new();
+                if whole {
+                    let rewriter = Rewriter {
+                        backend: RewriteBackend::Local(engine.clone()),
+                        scorer: scorer(),
+                        config: rc.clone(),
+                    };
+                    let label = format!("{name} whole-text ({}x{})", o.candidates, o.rounds);
+                    eprintln!("evaluating {label} on {kind} items ...");
+                    runs.push((label, evaluate(&rewriter, &second, &items, kind).await?));
+                }
+                if edits {
+                    let editor = crate::edit::Editor {
+                        backend: Some(Arc::new(RewriteBackend::Local(engine.clone()))),
+                        scorer: scorer(),
+                        bank: bank.clone(),
+                        config: rc.clone(),
+                    };
+                    let label = format!("{name} sentence edits ({} model candidates per site)", rc.edit_model_candidates);
+                    eprintln!("evaluating {label} on {kind} items ...");
+                    runs.push((label, evaluate_edits(&editor, &second, &items, kind, budget_ms).await?));
+                }
+                for (label, results) in runs {
+                    let s = summarize(&label, &results);
+                    eprintln!("{}", table(std::slice::from_ref(&s)));
+                    summaries.push(s);
+                    details.push(json!({"rewriter": label, "items": results}));
+                    all.push((label, results));
+                }
+            }
+            let paired = super::compare::against_first(&all, o.seed)?;
+            md.push_str(&format!(
+                "## {kind} items\n\nHeld-out: {} {} items of the {} split ({}; seed {}); targets: the detected vector shifted on 1-2 values by 0.2/0.35/0.5 (tolerance 0.1). Consistency: the serving integrity, encoder similarity x the smaller of the share of the original's facts kept and the share of the candidate's facts the original holds. Whole-text: {}, the serving prompt and screening, no time budget; the chosen candidate is measured, a rejected one counts as the original. Sentence edits: the serving editor under a budget of {} ms, {} model candidates per site; the assembled edits are measured (also when the whole-answer shield refuses them), none counts as the original. Second scorer: a bag-of-words logistic regression (hashed word unigrams and bigrams) trained on {} arguments of the training split, sharing nothing with the detector (validation macro-F1 {:.3} over the 20 categories, {:.3} over the 10 values); its target is its own reading of the original shifted as the detector's target shifts the detector's reading; `agrees`: share of the candidates the detector says moved toward the target that it says moved toward it too; `agrees (accepted)`: share of the answers the shield accepted that it says moved toward the target.\n\n{}",
+                items.len(), kind, o.split,
+                if *kind == "single" { format!("one premise of {}..{} characters each", o.min_source_chars, o.max_source_chars) } else { "4-6 premises for the same conclusion joined, 450..1400 characters".to_owned() },
+                o.seed,
+                if o.candidates == 1 && o.rounds == 1 { "one greedy candidate".to_owned() } else { format!("up to {} rounds of {} candidates (another round only when none passes the shield)", o.rounds, o.candidates) },
+                budget_ms,
+                o.edit_model_candidates.unwrap_or(config.rewriter.edit_model_candidates),
+                second.trained_on, second.report.macro_f1_categories, second.report.macro_f1_values, table(&summaries)
+            ));
+            if !paired.is_empty() {
+                md.push_str(&format!("\nPaired differences from the first row on the same items (mean per item, 95% paired-bootstrap interval of {} resamples, seed {}; bold where the interval leaves 0 out; pt = percentage points):\n\n{}", super::compare::DRAWS, o.seed, super::compare::table(&paired)));
+            }
+            md.push('\n');
+            let dir = o.out.join(kind);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(
+                dir.join("eval.json"),
+                serde_json::to_vec_pretty(&json!({"kind": kind, "summaries": summaries, "paired": paired, "details": details, "budget_ms": budget_ms, "second_scorer": {"kind": "bag-of-words logistic regression (hashed unigrams and bigrams)", "trained_on": second.trained_on, "validation": second.report}}))?,
+            )?;
         }
         std::fs::write(o.out.join("eval.md"), &md)?;
-        std::fs::write(
-            o.out.join("eval.json"),
-            serde_json::to_vec_pretty(&json!({"summaries": summaries, "paired": paired, "details": details, "second_scorer": {"kind": "bag-of-words logistic regression (hashed unigrams and bigrams)", "trained_on": second.trained_on, "validation": second.report}}))?,
-        )?;
         println!("{md}");
         Ok::<(), anyhow::Error>(())
     })
@@ -400,6 +619,9 @@ mod tests {
             } else {
                 -0.1
             },
+            kind: "single".into(),
+            edits: 0,
+            added_ms: 10.0,
         }
     }
 

@@ -22,6 +22,7 @@ use crate::upstream::{ChatCall, Upstream, UpstreamError, UpstreamTimer};
 use crate::values::profile::Profile;
 
 /// Where candidates come from.
+#[derive(Clone)]
 pub enum RewriteBackend {
     Local(Arc<LlmEngine>),
     Remote {
@@ -38,8 +39,13 @@ impl RewriteBackend {
         }
     }
 
+    /// Whether candidates come from another server (and may be generated concurrently).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Self::Remote { .. })
+    }
+
     /// One candidate: the text and whether it ended on its own (not cut by the length limit).
-    async fn generate(
+    pub async fn generate(
         &self,
         messages: Vec<ChatMessage>,
         sampling: Sampling,
@@ -61,10 +67,13 @@ impl RewriteBackend {
                         json!({"role": role, "content": m.content})
                     })
                     .collect();
-                let body = json!({
+                let mut body = json!({
                     "model": model, "messages": msgs, "temperature": sampling.temperature,
                     "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
                 });
+                if !sampling.stop.is_empty() {
+                    body["stop"] = json!(sampling.stop);
+                }
                 let call = ChatCall {
                     body: bytes::Bytes::from(body.to_string()),
                     stream: false,

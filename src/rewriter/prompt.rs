@@ -11,7 +11,7 @@ const SYSTEM_TAIL: &str = "while maintaining its main points and every fact, num
 Reply with the rewritten text only.";
 
 /// A plain-language cue per value, for instructions a small model can follow.
-fn cue(v: ValueId) -> &'static str {
+pub fn cue(v: ValueId) -> &'static str {
     match v {
         ValueId::SelfDirection => "independence, own choices and creativity",
         ValueId::Stimulation => "excitement, novelty and challenge",

@@ -70,6 +70,18 @@ pub struct CandidateScore {
     pub reward: f32,
 }
 
+/// One sentence edit's scores: the candidate's values (the maximum over its sentences, as the
+/// detector aggregates), its similarity to the sentence it replaces (none for an inserted
+/// sentence), and its facts checked both ways against that sentence (an inserted one against
+/// nothing, so any number, name or negation in it counts as invented).
+#[derive(Debug, Clone, Serialize)]
+pub struct EditScore {
+    pub values: ValueVector,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f32>,
+    pub facts: FactCheck,
+}
+
 /// Scores of an original and its candidates, and what it cost.
 pub struct Scored {
     pub original: ValueFit,
@@ -134,6 +146,46 @@ impl Scorer {
                 .collect(),
             started.elapsed(),
         ))
+    }
+
+    /// Score sentence edits: each item is (the sentence it replaces, if any; the candidate).
+    /// One detector request and one encoder request for all of them.
+    pub async fn score_edits(
+        &self,
+        items: &[(Option<String>, String)],
+    ) -> Result<Vec<EditScore>, ApiError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let candidates: Vec<String> = items.iter().map(|(_, c)| c.clone()).collect();
+        let pairs: Vec<String> = items
+            .iter()
+            .filter_map(|(o, c)| o.as_ref().map(|o| [o.clone(), c.clone()]))
+            .flatten()
+            .collect();
+        let (detected, embedded) = tokio::try_join!(self.detector.detect(&candidates), async {
+            if pairs.is_empty() {
+                return Ok(None);
+            }
+            self.encoder.embed(pairs.clone()).await.map(Some)
+        })?;
+        let vectors = embedded.map(|e| e.vectors).unwrap_or_default();
+        let mut pair = vectors.chunks(2);
+        Ok(items
+            .iter()
+            .zip(detected.0)
+            .map(|((original, candidate), d)| {
+                let similarity = original.as_ref().map(|_| match pair.next() {
+                    Some([a, b]) => cosine(a, b).clamp(0.0, 1.0),
+                    _ => 0.0,
+                });
+                EditScore {
+                    values: d.values,
+                    similarity,
+                    facts: facts::check(original.as_deref().unwrap_or(""), candidate),
+                }
+            })
+            .collect())
     }
 
     /// Score an original and candidate rewrites of it against a profile.

@@ -133,6 +133,8 @@ pub async fn chat_completions(
 ) -> Result<Response, UpstreamError> {
     let fields = check(&body)?;
     let route = state.upstreams.route(&tenant, &fields.model)?;
+    // A steering profile adds its system message here; the client never sees it.
+    state.stage.prepare(&tenant, &mut body);
     if let Some(model) = &route.model {
         body.insert("model".into(), Value::String(model.clone()));
     }

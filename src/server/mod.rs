@@ -127,10 +127,28 @@ impl ValueModels {
         let translator = Translator::new(encoder.clone())
             .await
             .map_err(|e| anyhow::anyhow!("translator: {}", e.message))?;
+        // The head's value gate, when it has one (HEAD.gate.safetensors).
+        let gate_file = crate::detector::train::gate_path(head_path);
+        let gate = if gate_file.exists() && !config.detector_calibration.is_empty() {
+            Some(
+                crate::detector::gate::Gate::load(&gate_file)
+                    .map_err(|e| anyhow::anyhow!("models.detector_head: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let calibration = if config.detector_calibration.is_empty() {
+            crate::detector::Calibration::identity()
+        } else {
+            crate::detector::Calibration::load(std::path::Path::new(&config.detector_calibration))
+                .map_err(|e| anyhow::anyhow!("models.detector_calibration: {e}"))?
+        };
         Ok(Self {
             detector: Arc::new(Detector {
                 encoder: encoder.clone(),
                 head,
+                gate,
+                calibration,
             }),
             encoder,
             semantic,
@@ -183,6 +201,21 @@ impl AppState {
                 .zip(config.rewriter.model.clone())
                 .map(|(upstream, model)| RewriteBackend::Remote { upstream, model }),
         };
+        let editor = match (&scorer, &models) {
+            (Some(scorer), Some(m)) => {
+                let path = std::path::Path::new(&config.rewriter.bank);
+                let bank = crate::edit::bank::Bank::load(path, &m.semantic)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("rewriter.bank: {e}"))?;
+                Some(Arc::new(crate::edit::Editor {
+                    backend: backend.clone().map(Arc::new),
+                    scorer: scorer.clone(),
+                    bank: Arc::new(bank),
+                    config: config.rewriter.clone(),
+                }))
+            }
+            _ => None,
+        };
         let rewriter = match (backend, scorer.clone()) {
             (Some(backend), Some(scorer)) => {
                 tracing::info!(backend = %backend.name(), "rewriter ready");
@@ -204,6 +237,8 @@ impl AppState {
             profiles: profiles.clone(),
             scorer,
             rewriter,
+            editor,
+            mode: config.rewriter.mode,
             config: config.enforce.clone(),
             metrics: metrics.clone(),
         });

@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Caller;
 use super::extract::JsonBody;
+use crate::config::RewriteMode;
+use crate::edit::{EditRequest, Editor, Scope};
 use crate::enforce::{REFUSAL, VisaAction};
 use crate::error::{ApiError, ErrorKind};
 use crate::rewriter::Decision;
@@ -129,6 +131,9 @@ pub async fn rewrite(
     }
     let context = string_field(obj, "context")?;
     let profile = profile_of(&state, &caller, obj)?;
+    if let (Some(editor), RewriteMode::Edits) = (&state.enforcer.editor, state.enforcer.mode) {
+        return edits(&state, editor, &profile, &text, context.as_deref(), started).await;
+    }
     let rewriter = state.enforcer.rewriter.as_ref().ok_or_else(|| {
         ApiError::new(
             ErrorKind::Unavailable,
@@ -152,10 +157,71 @@ pub async fn rewrite(
         "original": result.original,
         "candidates": result.candidates,
         "best": result.best,
+        "mode": "whole",
         "backend": rewriter.backend.name(),
         "timing": {
             "generate_ms": result.generate_ms,
             "score_ms": result.score_ms,
+            "total_ms": (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
+        },
+    })))
+}
+
+/// The sentence editor's answer: what serving would do with this text, every site with its
+/// candidates and why each passed or not, and the edits made.
+async fn edits(
+    state: &AppState,
+    editor: &Editor,
+    profile: &Profile,
+    text: &str,
+    context: Option<&str>,
+    started: Instant,
+) -> Result<Json<Value>, ApiError> {
+    let deadline = state
+        .enforcer
+        .budget(profile)
+        .map(|b| tokio::time::Instant::from_std(started) + b);
+    let assessed = editor.assess(profile, text, None, Scope::Full).await?;
+    let detect_ms = (assessed.detect.as_secs_f64() * 1e4).round() / 10.0;
+    let result = editor
+        .edit(
+            EditRequest {
+                profile,
+                text,
+                context,
+                deadline,
+                prior: None,
+                scope: Scope::Full,
+            },
+            assessed,
+        )
+        .await?;
+    let (decision, out_text) = match (result.decision, profile.fallback) {
+        (Decision::Passed, _) => (VisaAction::Passed, Some(text.to_owned())),
+        (Decision::Rewritten, _) => (VisaAction::Rewritten, result.text.clone()),
+        (Decision::Failed, Fallback::Original) => (VisaAction::Fallback, Some(text.to_owned())),
+        (Decision::Failed, Fallback::Block) => (VisaAction::Blocked, None),
+    };
+    Ok(Json(json!({
+        "decision": decision,
+        "text": out_text,
+        "refusal": (decision == VisaAction::Blocked).then_some(REFUSAL),
+        "reason": result.reason,
+        "original": result.original,
+        "after": result.after,
+        "assembled": result.assembled,
+        "edits": result.edits,
+        "sites": result.sites,
+        "sentences": result.sentences,
+        "generated": result.generated,
+        "budget_exhausted": result.budget_exhausted,
+        "mode": "edits",
+        "backend": editor.backend.as_ref().map_or_else(|| "none".to_owned(), |b| b.name()),
+        "timing": {
+            "detect_ms": detect_ms,
+            "generate_ms": result.timing.generate_ms,
+            "score_ms": result.timing.score_ms,
+            "budget_ms": result.timing.budget_ms,
             "total_ms": (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
         },
     })))

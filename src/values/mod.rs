@@ -2,6 +2,7 @@
 //! distance, cosine and "within tolerance" that every part of the proxy uses.
 
 pub mod profile;
+pub mod sentences;
 
 use std::fmt;
 use std::str::FromStr;

@@ -67,6 +67,14 @@ pub struct Profile {
     pub action: Action,
     pub fallback: Fallback,
     pub stream_mode: StreamMode,
+    /// Add a system message derived from the profile to the upstream request, so a capable
+    /// upstream writes on-profile to begin with. Off by default.
+    #[serde(default)]
+    pub steer: bool,
+    /// The time enforcement may add to an answer (JSON) or to each stream window, in ms; none:
+    /// the proxy's `[enforce] max_added_ms`; 0: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_added_ms: Option<u64>,
     /// Increases by one on every change, deletions included.
     pub version: u64,
     /// Unix seconds of the change that made this version.
@@ -94,7 +102,12 @@ pub struct ProfileSpec {
     pub action: Action,
     pub fallback: Fallback,
     pub stream_mode: StreamMode,
+    pub steer: bool,
+    pub max_added_ms: Option<u64>,
 }
+
+/// Largest `max_added_ms` a profile may set (10 minutes).
+pub const MAX_ADDED_MS: u64 = 600_000;
 
 /// A partial change (what PATCH takes): `None` leaves a field alone; in `values`, `None`
 /// removes a constraint and `Some` merges into it.
@@ -104,6 +117,9 @@ pub struct ProfilePatch {
     pub action: Option<Action>,
     pub fallback: Option<Fallback>,
     pub stream_mode: Option<StreamMode>,
+    pub steer: Option<bool>,
+    /// `Some(None)` clears it (back to the proxy's default).
+    pub max_added_ms: Option<Option<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -193,6 +209,8 @@ impl ProfileSpec {
             action: p.action,
             fallback: p.fallback,
             stream_mode: p.stream_mode,
+            steer: p.steer,
+            max_added_ms: p.max_added_ms,
         }
     }
 
@@ -240,6 +258,12 @@ impl ProfileSpec {
         if let Some(m) = patch.stream_mode {
             out.stream_mode = m;
         }
+        if let Some(b) = patch.steer {
+            out.steer = b;
+        }
+        if let Some(m) = patch.max_added_ms {
+            out.max_added_ms = m;
+        }
         Ok(out)
     }
 }
@@ -268,11 +292,32 @@ impl ProfilePatch {
                 "stream_mode" => {
                     patch.stream_mode = Some(enum_field(v, "stream_mode", STREAM_MODES)?)
                 }
+                "steer" => {
+                    patch.steer = Some(
+                        v.as_bool()
+                            .ok_or_else(|| err("steer", "'steer' must be true or false"))?,
+                    )
+                }
+                "max_added_ms" => {
+                    patch.max_added_ms = Some(match v {
+                        Value::Null => None,
+                        _ => Some(v.as_u64().filter(|m| *m <= MAX_ADDED_MS).ok_or_else(
+                            || {
+                                err(
+                                    "max_added_ms",
+                                    format!(
+                                        "'max_added_ms' must be a whole number of milliseconds in [0, {MAX_ADDED_MS}] (0: no limit), or null"
+                                    ),
+                                )
+                            },
+                        )?),
+                    })
+                }
                 _ => {
                     return Err(err(
                         k.as_str(),
                         format!(
-                            "unknown field '{k}'; a profile has values, action, fallback, stream_mode"
+                            "unknown field '{k}'; a profile has values, action, fallback, stream_mode, steer, max_added_ms"
                         ),
                     ));
                 }
@@ -286,6 +331,8 @@ impl ProfilePatch {
             && self.action.is_none()
             && self.fallback.is_none()
             && self.stream_mode.is_none()
+            && self.steer.is_none()
+            && self.max_added_ms.is_none()
     }
 }
 
@@ -296,6 +343,8 @@ impl Profile {
             action: spec.action,
             fallback: spec.fallback,
             stream_mode: spec.stream_mode,
+            steer: spec.steer,
+            max_added_ms: spec.max_added_ms,
             version,
             updated_at,
         }
@@ -428,6 +477,10 @@ mod tests {
             (json!({"action": "shout"}), "action"),
             (json!({"fallback": "rewrite"}), "fallback"),
             (json!({"stream_mode": "chunks"}), "stream_mode"),
+            (json!({"steer": "yes"}), "steer"),
+            (json!({"max_added_ms": -1}), "max_added_ms"),
+            (json!({"max_added_ms": 600001}), "max_added_ms"),
+            (json!({"max_added_ms": 1.5}), "max_added_ms"),
             (json!({"nonsense": 1}), "nonsense"),
             (json!([1]), "profile"),
         ];

@@ -73,6 +73,80 @@ export async function renderPlayground(main) {
   }
   tenantSel.addEventListener("change", loadProfile);
 
+  const decisionLine = (r) =>
+    h("p", {}, "Decision: ", h("span", { class: `badge ${r.decision}`, id: "pg-decision" }, r.decision), r.reason ? h("span", { class: "muted" }, ` — ${r.reason}`) : null);
+  const detectedList = (detected, after) =>
+    h("details", {}, h("summary", {}, "Detected values"), h("ul", {}, values.map((v) => h("li", {}, `${names[v.id]}: ${fmt(detected[v.id])}${after ? ` → ${fmt(after.values[v.id])}` : ""}`))));
+  const scoreTable = (before, after, score) =>
+    h(
+      "table",
+      { class: "data scores", id: "pg-scores" },
+      h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", { scope: "col" }, "before"), h("th", { scope: "col" }, "after"))),
+      h("tbody", {}, fitRows(before, after), score
+        ? [
+            h("tr", {}, h("th", { scope: "row" }, "distance to the target closed"), h("td", {}, ""), h("td", { class: "num", id: "pg-progress" }, pct(score.progress))),
+            h("tr", {}, h("th", { scope: "row" }, "semantic integrity"), h("td", {}, ""), h("td", { class: "num", id: "pg-integrity" }, fmt(score.integrity))),
+            h("tr", {}, h("th", { scope: "row" }, "similarity to the original"), h("td", {}, ""), h("td", { class: "num" }, fmt(score.similarity))),
+            h("tr", {}, h("th", { scope: "row" }, "facts kept"), h("td", {}, ""), h("td", { class: "num" }, `${score.facts.kept} of ${score.facts.total}${score.facts.missing.length ? ` (missing: ${score.facts.missing.join(", ")})` : ""}`)),
+            h("tr", {}, h("th", { scope: "row" }, "facts of the rewrite in the original"), h("td", {}, ""), h("td", { class: "num" }, `${score.facts.supported} of ${score.facts.rewrite_total}${score.facts.added.length ? ` (added: ${score.facts.added.join(", ")})` : ""}`)),
+          ]
+        : null),
+    );
+  const editLabel = (e) => ({ rewritten: "rewritten", dropped: "dropped", inserted: "inserted" })[e.kind] + ` (${e.source})`;
+  // Sentence edits: the edited answer beside the original, then each edit and each site with
+  // every candidate and why it passed or not.
+  function showEdits(r, original, d, detected) {
+    const shown = r.decision === "rewritten" ? r.text : r.assembled;
+    const after = r.after?.fit;
+    chart.setAfter(after ? after.values : null);
+    const [left, right] = shown ? diffView(original, shown) : [h("div", { class: "text" }, original), h("div", { class: "text muted" }, r.refusal || (r.decision === "passed" ? "Nothing to edit." : "No edit passed its checks."))];
+    const label = {
+      rewritten: "Edited (returned)",
+      fallback: "Edits (refused by the shield; the original is returned)",
+      blocked: "Edits (refused by the shield; the answer is blocked)",
+      passed: "Within tolerance: nothing to edit",
+    }[r.decision];
+    const budget = r.timing.budget_ms ? ` of a ${ms(r.timing.budget_ms)} budget${r.budget_exhausted ? ", which ran out" : ""}` : "";
+    clear(
+      result,
+      decisionLine(r),
+      h("div", { class: "side-by-side" }, h("div", {}, h("h3", {}, "Original"), left), h("div", {}, h("h3", {}, label), right)),
+      h(
+        "ol",
+        { class: "edits", id: "pg-edits" },
+        (r.decision === "rewritten" ? r.edits : []).map((e) =>
+          h("li", {}, h("strong", {}, editLabel(e)), ": ", e.original ? h("del", {}, e.original) : null, e.original && e.text ? " → " : null, e.text ? h("ins", {}, e.text) : null, h("span", { class: "muted" }, ` — ${e.reason}`)),
+        ),
+      ),
+      scoreTable(r.original, after, r.after),
+      h("p", { class: "muted", id: "pg-timing" }, `Timings: detect ${ms(d.timing.total_ms)}, generate ${ms(r.timing.generate_ms)}, score ${ms(r.timing.score_ms)}, edits total ${ms(r.timing.total_ms)}${budget} (${r.sentences} sentences, ${r.generated} model candidates, ${r.backend} rewriter).`),
+      h(
+        "details",
+        {},
+        h("summary", {}, `All ${r.sites.length} edit sites and their candidates`),
+        h(
+          "ol",
+          { class: "candidates" },
+          r.sites.map((s) =>
+            h(
+              "li",
+              {},
+              h("p", {}, `${s.kind === "lower" ? "lower" : "raise"} ${s.values.join(", ")}${s.sentence_text ? ` in: “${s.sentence_text}”` : ""}${s.reason ? ` — ${s.reason}` : ""}`),
+              h(
+                "ul",
+                {},
+                s.candidates.map((c, i) =>
+                  h("li", { class: i === s.chosen ? "chosen" : "" }, `${i === s.chosen ? "chosen " : ""}${c.kind} by ${c.source}: ${c.text || "(drop the sentence)"} — ${c.passed ? "passed" : "refused"}${c.note ? `: ${c.note}` : ""}`),
+                ),
+              ),
+            ),
+          ),
+        ),
+      ),
+      detectedList(detected, after),
+    );
+  }
+
   // Text mode.
   const text = h("textarea", { id: "pg-text", rows: 6, "aria-label": "Text to check" });
   const context = h("input", { id: "pg-context", type: "text", "aria-label": "The request the text answers (optional)", placeholder: "The request it answers (optional)" });
@@ -102,6 +176,10 @@ export async function renderPlayground(main) {
       if (context.value.trim()) body.context = context.value.trim();
       if (caller.kind === "admin") body.tenant_id = tenantSel.value;
       const r = await api("POST", "/v1/values/rewrite", body, { signal });
+      if (r.mode === "edits") {
+        showEdits(r, original, d, detected);
+        return;
+      }
       const best = r.best !== null && r.best !== undefined ? r.candidates[r.best] : null;
       const shown = r.decision === "rewritten" ? r.text : best?.text;
       const after = best?.score?.fit;
@@ -115,22 +193,9 @@ export async function renderPlayground(main) {
       }[r.decision];
       clear(
         result,
-        h("p", {}, "Decision: ", h("span", { class: `badge ${r.decision}`, id: "pg-decision" }, r.decision), r.reason ? h("span", { class: "muted" }, ` — ${r.reason}`) : null),
+        decisionLine(r),
         h("div", { class: "side-by-side" }, h("div", {}, h("h3", {}, "Original"), left), h("div", {}, h("h3", {}, label), right)),
-        h(
-          "table",
-          { class: "data scores", id: "pg-scores" },
-          h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", { scope: "col" }, "before"), h("th", { scope: "col" }, "after"))),
-          h("tbody", {}, fitRows(r.original, after), best?.score
-            ? [
-                h("tr", {}, h("th", { scope: "row" }, "distance to the target closed"), h("td", {}, ""), h("td", { class: "num", id: "pg-progress" }, pct(best.score.progress))),
-                h("tr", {}, h("th", { scope: "row" }, "semantic integrity"), h("td", {}, ""), h("td", { class: "num", id: "pg-integrity" }, fmt(best.score.integrity))),
-                h("tr", {}, h("th", { scope: "row" }, "similarity to the original"), h("td", {}, ""), h("td", { class: "num" }, fmt(best.score.similarity))),
-                h("tr", {}, h("th", { scope: "row" }, "facts kept"), h("td", {}, ""), h("td", { class: "num" }, `${best.score.facts.kept} of ${best.score.facts.total}${best.score.facts.missing.length ? ` (missing: ${best.score.facts.missing.join(", ")})` : ""}`)),
-                h("tr", {}, h("th", { scope: "row" }, "facts of the rewrite in the original"), h("td", {}, ""), h("td", { class: "num" }, `${best.score.facts.supported} of ${best.score.facts.rewrite_total}${best.score.facts.added.length ? ` (added: ${best.score.facts.added.join(", ")})` : ""}`)),
-              ]
-            : null),
-        ),
+        scoreTable(r.original, after, best?.score),
         h("p", { class: "muted", id: "pg-timing" }, `Timings: detect ${ms(d.timing.total_ms)}, generate ${ms(r.timing.generate_ms)}, score ${ms(r.timing.score_ms)}, rewrite total ${ms(r.timing.total_ms)} (${r.backend} rewriter).`),
         h(
           "details",
@@ -151,7 +216,7 @@ export async function renderPlayground(main) {
             ),
           ),
         ),
-        h("details", {}, h("summary", {}, "Detected values"), h("ul", {}, values.map((v) => h("li", {}, `${names[v.id]}: ${fmt(detected[v.id])}${after ? ` → ${fmt(after.values[v.id])}` : ""}`)))),
+        detectedList(detected, after),
       );
     } catch (e) {
       if (e.name === "AbortError") return;

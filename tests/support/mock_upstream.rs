@@ -52,6 +52,9 @@ pub struct MockState {
     /// When true, a stream without `mock.chunks` streams the last user message back word by
     /// word (for clients that cannot add a `mock` object, such as the web console).
     pub echo_streams: AtomicBool,
+    /// Requests for this model wait this many milliseconds before answering (a slow remote
+    /// rewriter, whose requests the proxy makes and a test cannot add a `mock` object to).
+    pub slow_model: Mutex<Option<(String, u64)>>,
 }
 
 impl MockState {
@@ -267,6 +270,15 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
         *attempts.entry(key.clone()).or_insert(0) += 1;
     }
     let headers = common_headers(n);
+    let slow = state
+        .slow_model
+        .lock()
+        .ok()
+        .and_then(|s| s.clone())
+        .filter(|(m, _)| body["model"] == m.as_str());
+    if let Some((_, ms)) = slow {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
 
     match mode.as_str() {
         "fail" => {

@@ -1,0 +1,424 @@
+//! Sentence-level enforcement through the running proxy with the real encoder, detector, value
+//! gate and calibration: one value-laden sentence of a long answer edited while the others come
+//! back byte-identical, a sentence inserted for a missing value, a drop only when no fact is
+//! lost, the time budget cutting a slow remote rewriter, the edit list in the metadata, stream
+//! windows edited without leaking what they replace, and a steering profile changing what the
+//! upstream is asked.
+//!
+//! Profiles are set from the detector's own scores of the test sentences (a tolerance between
+//! the value-laden sentence's score and the others'), so the tests check the editor's behaviour
+//! and not one detector's numbers; each test first asserts that precondition.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::key_hash;
+use support::mock_upstream::MockUpstream;
+use support::proxy::Proxy;
+
+const ADMIN: &str = "admin-secret";
+
+/// A long, mostly neutral answer with one power-laden sentence in the middle.
+const NEUTRAL_1: &str = "To prepare for the quarterly review, collect the sales figures for each region.";
+const NEUTRAL_2: &str =
+    "Put them in one spreadsheet and check that the totals match the accounting report.";
+const NEUTRAL_3: &str = "Send the spreadsheet to the finance team by Thursday.";
+const POWER: &str =
+    "Show everyone that you are the boss, because status and wealth are what count.";
+/// What must not come back once the power sentence is edited.
+const POWER_CLAUSE: &str = "because status and wealth are what count";
+
+fn long_answer() -> String {
+    format!("{NEUTRAL_1} {NEUTRAL_2}\n\n{POWER} {NEUTRAL_3}")
+}
+
+/// The test proxy: no local model; `rewriter` is the `[rewriter]` section's body.
+fn config(mock: &MockUpstream, rewriter: &str, extra: &str) -> String {
+    let rewriter = if rewriter.is_empty() {
+        "edit_model_candidates = 0"
+    } else {
+        rewriter
+    };
+    format!(
+        r#"
+[llm]
+enabled = false
+
+[rewriter]
+{rewriter}
+
+[enforce]
+first_window_chars = 20
+window_chars = 20
+
+[[upstreams]]
+name = "mock"
+base_url = "{base}"
+
+[[tenants]]
+id = "acme"
+api_key_sha256 = ["{acme}"]
+upstreams = ["mock"]
+self_manage_profile = true
+{extra}
+"#,
+        base = mock.base_url(),
+        acme = key_hash("sk-acme"),
+    )
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(240))
+        .build()
+        .unwrap()
+}
+
+async fn set_profile(proxy: &Proxy, profile: Value) {
+    let r = client()
+        .put(proxy.url("/v1/profile"))
+        .bearer_auth("sk-acme")
+        .json(&profile)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+}
+
+/// Per sentence of `texts`, the detector's calibrated score for `value`.
+async fn scores(proxy: &Proxy, texts: &[&str], value: &str) -> Vec<f64> {
+    let r: Value = client()
+        .post(proxy.url("/v1/values/detect"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"texts": texts}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["values"][value].as_f64().unwrap())
+        .collect()
+}
+
+/// A profile that keeps `value` low, with its band's upper edge halfway between the score of
+/// the sentence that carries it and the highest score of the others.
+async fn keep_low(proxy: &Proxy, value: &str, laden: &str, others: &[&str]) -> Value {
+    let mut all = vec![laden];
+    all.extend_from_slice(others);
+    let s = scores(proxy, &all, value).await;
+    let rest = s[1..].iter().copied().fold(0.0, f64::max);
+    assert!(
+        s[0] > rest + 0.1,
+        "precondition: {laden:?} scores {value} {:.3}, the others at most {rest:.3}",
+        s[0]
+    );
+    let edge = (s[0] + rest) / 2.0;
+    json!({"values": {value: {"target": 0.0, "tolerance": edge}}, "action": "rewrite"})
+}
+
+async fn chat(proxy: &Proxy, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth("sk-acme")
+        .header("x-visa-metadata", "true")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.json().await.unwrap_or(Value::Null))
+}
+
+fn answer_body(content: &str) -> Value {
+    json!({"model": "m", "messages": [{"role": "user", "content": "How do I prepare the review?"}],
+           "mock": {"content": content}})
+}
+
+/// `text` with each edit of the report applied to the original: what the edit list claims.
+fn apply(original: &str, edits: &[Value]) -> String {
+    let mut out = String::new();
+    let mut at = 0;
+    let mut sorted: Vec<&Value> = edits.iter().collect();
+    sorted.sort_by_key(|e| e["start"].as_u64().unwrap());
+    for e in sorted {
+        let (start, end) = (
+            e["start"].as_u64().unwrap() as usize,
+            e["end"].as_u64().unwrap() as usize,
+        );
+        out.push_str(&original[at..start]);
+        match e["kind"].as_str().unwrap() {
+            "rewritten" => out.push_str(e["text"].as_str().unwrap()),
+            "inserted" => {
+                out.push(' ');
+                out.push_str(e["text"].as_str().unwrap());
+            }
+            _ => {}
+        }
+        at = end;
+    }
+    out.push_str(&original[at..]);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sentence_is_edited_and_the_others_come_back_byte_identical() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let profile = keep_low(&proxy, "power", POWER, &[NEUTRAL_1, NEUTRAL_2, NEUTRAL_3]).await;
+    set_profile(&proxy, profile).await;
+    let original = long_answer();
+    let (status, h, v) = chat(&proxy, answer_body(&original)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(h["x-visa-action"], "rewritten", "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let report = &v["visa"]["choices"][0];
+    let edits = report["edits"].as_array().unwrap();
+    assert!(!edits.is_empty(), "{report}");
+    // Every edit is about the power sentence, and the text is the original with exactly those
+    // edits applied: everything else is byte-identical, the layout included.
+    for e in edits {
+        assert_eq!(e["values"], json!(["power"]), "{e}");
+        assert!(["rewritten", "dropped"].contains(&e["kind"].as_str().unwrap()), "{e}");
+        assert!(e["original"].as_str().unwrap().contains("Show everyone"), "{e}");
+        assert!(!e["reason"].as_str().unwrap().is_empty(), "{e}");
+    }
+    assert_eq!(text, apply(&original, edits), "{report}");
+    for s in [NEUTRAL_1, NEUTRAL_2, NEUTRAL_3] {
+        assert!(text.contains(s), "{s:?} changed: {text}");
+    }
+    assert!(text.starts_with(&format!("{NEUTRAL_1} {NEUTRAL_2}\n\n")), "{text}");
+    assert!(!text.contains(POWER_CLAUSE), "{text}");
+    // The scores moved toward the target, and the budget and the time spent are reported.
+    let (before, after) = (
+        report["before"]["distance"].as_f64().unwrap(),
+        report["after"]["distance"].as_f64().unwrap(),
+    );
+    assert!(after < before, "{report}");
+    assert_eq!(v["visa"]["budget_ms"], 10_000, "{v}");
+    assert!(report["spent_ms"].as_f64().unwrap() > 0.0, "{report}");
+    // The edit is counted in /metrics.
+    let metrics = client()
+        .get(proxy.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("visa_enforce_edits_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("visa_enforce_added_seconds_count{kind=\"json\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_value_gets_one_inserted_sentence_that_adds_no_facts() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let original = format!("{NEUTRAL_1} {NEUTRAL_2} {NEUTRAL_3}");
+    let now = scores(&proxy, &[&original], "benevolence").await[0];
+    // Ask for clearly more care than the answer shows.
+    let target = (now + 0.45).min(1.0);
+    set_profile(
+        &proxy,
+        json!({"values": {"benevolence": {"target": target, "tolerance": 0.1}}, "action": "rewrite"}),
+    )
+    .await;
+    let (_, h, v) = chat(&proxy, answer_body(&original)).await;
+    assert_eq!(h["x-visa-action"], "rewritten", "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let edits = v["visa"]["choices"][0]["edits"].as_array().unwrap();
+    assert_eq!(edits.len(), 1, "{v}");
+    let e = &edits[0];
+    assert_eq!(e["kind"], "inserted", "{e}");
+    assert_eq!(e["values"], json!(["benevolence"]), "{e}");
+    let inserted = e["text"].as_str().unwrap();
+    // One sentence, no number, name or negation; the original sentences untouched.
+    assert!(!inserted.chars().any(|c| c.is_ascii_digit()), "{inserted}");
+    assert!(inserted.ends_with('.'), "{inserted}");
+    assert_eq!(text, apply(&original, edits));
+    for s in [NEUTRAL_1, NEUTRAL_2, NEUTRAL_3] {
+        assert!(text.contains(s), "{text}");
+    }
+    assert!(
+        e["after"]["benevolence"].as_f64().unwrap() > e["before"]["benevolence"].as_f64().unwrap(),
+        "{e}"
+    );
+}
+
+/// Power-laden sentences with no clause to cut: with no model candidates they can only go,
+/// and the second only when its facts (a number, a name) are elsewhere in the answer.
+const BOSS: &str = "Gain power over everyone around you.";
+const BOSS_FACT: &str = "Control the 12 stores in Leeds with absolute authority.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentence_is_dropped_only_when_no_fact_is_lost() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let others = [NEUTRAL_1, NEUTRAL_2, NEUTRAL_3];
+    let profile = keep_low(&proxy, "power", BOSS, &others).await;
+    let with_fact = scores(&proxy, &[BOSS_FACT], "power").await[0];
+    let edge = profile["values"]["power"]["tolerance"].as_f64().unwrap();
+    assert!(with_fact > edge, "precondition: {BOSS_FACT:?} scores {with_fact:.3} <= {edge:.3}");
+    set_profile(&proxy, profile).await;
+
+    // No fact in it: dropped, with the space before the next sentence.
+    let original = format!("{NEUTRAL_1} {BOSS} {NEUTRAL_3}");
+    let (_, h, v) = chat(&proxy, answer_body(&original)).await;
+    assert_eq!(h["x-visa-action"], "rewritten", "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        format!("{NEUTRAL_1} {NEUTRAL_3}"),
+        "{v}"
+    );
+    let e = &v["visa"]["choices"][0]["edits"][0];
+    assert_eq!((e["kind"].as_str(), e["source"].as_str()), (Some("dropped"), Some("drop")), "{e}");
+
+    // A number only it states: it stays, and without another edit the original comes back.
+    let original = format!("{NEUTRAL_1} {BOSS_FACT} {NEUTRAL_3}");
+    let (_, h, v) = chat(&proxy, answer_body(&original)).await;
+    assert_eq!(h["x-visa-action"], "fallback", "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], original);
+    let report = &v["visa"]["choices"][0];
+    assert!(report["edits"].as_array().is_none_or(Vec::is_empty), "{report}");
+    // The same number and name elsewhere in the answer: nothing is lost by dropping it.
+    let original = format!("{NEUTRAL_1} {BOSS_FACT} The 12 stores in Leeds open at nine.");
+    let (_, h, v) = chat(&proxy, answer_body(&original)).await;
+    assert_eq!(h["x-visa-action"], "rewritten", "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        format!("{NEUTRAL_1} The 12 stores in Leeds open at nine.")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_cuts_a_slow_remote_rewriter_and_the_fallback_comes_in_time() {
+    let mock = MockUpstream::start().await;
+    // The remote rewriter is the mock, answering requests for "visa-rewriter" after 30 s.
+    *mock.state.slow_model.lock().unwrap() = Some(("visa-rewriter".into(), 30_000));
+    let rewriter = "edit_model_candidates = 1\nbackend = \"remote\"\nupstream = \"gpu\"\nmodel = \"visa-rewriter\"";
+    let gpu = format!("[[upstreams]]\nname = \"gpu\"\nbase_url = \"{}\"", mock.base_url());
+    let text = config(&mock, rewriter, "").replace("[[tenants]]", &format!("{gpu}\n\n[[tenants]]"));
+    let proxy = Proxy::start(&text, &[("VISA_ADMIN_KEY", ADMIN)]);
+    let mut profile = keep_low(&proxy, "power", BOSS_FACT, &[NEUTRAL_1]).await;
+    profile["max_added_ms"] = json!(1500);
+    set_profile(&proxy, profile).await;
+    // Only a model rewrite could help (the sentence holds a fact and has no clause to cut).
+    let original = format!("{NEUTRAL_1} {BOSS_FACT}");
+    let started = Instant::now();
+    let (status, h, v) = chat(&proxy, answer_body(&original)).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(h["x-visa-action"], "fallback", "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], original);
+    assert!(took < Duration::from_millis(4000), "took {took:?}: {v}");
+    let report = &v["visa"]["choices"][0];
+    assert_eq!(report["budget_exhausted"], true, "{report}");
+    assert_eq!(v["visa"]["budget_ms"], 1500, "{v}");
+    // The rewriter was asked (and given up on).
+    assert!(
+        mock.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.body["model"] == "visa-rewriter"),
+        "the remote rewriter was never asked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_windows_are_edited_without_leaking_what_they_replace() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let profile = keep_low(&proxy, "power", BOSS, &[NEUTRAL_1, NEUTRAL_3]).await;
+    set_profile(&proxy, profile).await;
+    // Two power-laden sentences, each in a window of its own.
+    let answer = format!("{NEUTRAL_1} {BOSS} {NEUTRAL_3} {BOSS}");
+    let pieces: Vec<String> = answer.split_inclusive(' ').map(str::to_owned).collect();
+    let r = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth("sk-acme")
+        .header("x-visa-metadata", "true")
+        .json(&json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "How?"}],
+                      "mock": {"chunks": pieces, "delay_ms": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-visa-stream-mode"], "window");
+    let raw = r.text().await.unwrap();
+    let mut text = String::new();
+    let mut live = Vec::new();
+    for line in raw.lines() {
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        for c in v["choices"].as_array().unwrap_or(&vec![]) {
+            if let Some(t) = c["delta"]["content"].as_str() {
+                text.push_str(t);
+            }
+        }
+        if v.get("visa_window").is_some() {
+            live.push(v["visa_window"].clone());
+        }
+    }
+    assert!(!raw.contains("Be the boss"), "leaked: {raw}");
+    assert!(text.contains(NEUTRAL_1) && text.contains(NEUTRAL_3), "{text}");
+    let edited: Vec<&Value> = live.iter().filter(|w| w["action"] == "rewritten").collect();
+    assert_eq!(edited.len(), 2, "{live:?}");
+    for w in edited {
+        let e = &w["edits"][0];
+        assert_eq!(e["original"], BOSS, "{w}");
+        assert_eq!(e["kind"], "dropped", "{w}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steering_profile_adds_its_system_message_to_the_upstream_request() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "How do I win?"}]});
+    let profile = json!({"values": {"benevolence": {"target": 0.9}, "power": {"target": 0.1}},
+                         "action": "audit", "steer": true});
+    set_profile(&proxy, profile.clone()).await;
+    let (status, _, v) = chat(&proxy, body.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let asked = mock.state.last_request().unwrap().body;
+    let messages = asked["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{asked}");
+    assert_eq!(messages[0]["role"], "system");
+    assert_eq!(
+        messages[0]["content"],
+        "In your answer, show care, kindness and helping the people close to you; avoid appeals to status, control and wealth."
+    );
+    assert_eq!(messages[1]["content"], "How do I win?");
+    // The client's answer is about its own message (the mock echoes the last user message).
+    assert_eq!(v["choices"][0]["message"]["content"], "echo: How do I win?");
+    // Off by default, and off again when the profile says so.
+    let mut off = profile;
+    off["steer"] = json!(false);
+    set_profile(&proxy, off).await;
+    chat(&proxy, body).await;
+    let asked = mock.state.last_request().unwrap().body;
+    assert_eq!(asked["messages"].as_array().unwrap().len(), 1, "{asked}");
+}
