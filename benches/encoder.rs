@@ -1,7 +1,7 @@
 //! The sentence encoder's inference speed on this machine: the packed path the detector and
 //! the scorer use (`models::packed_bert`) against candle's padded batch (the baseline, the path
 //! used before it), measured in the same run, on the texts the detector sees: one 200-token
-//! text, the sentence windows of a 200-token answer, and 32 texts of 200 tokens.
+//! text, the sentences the detector scores of a 200-token answer, and 32 texts of 200 tokens.
 //!
 //! `cargo bench --bench encoder` (env: BENCH_RUNS, repetitions, default 20).
 
@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use visa_proxy::detector::{MIN_WINDOW_WORDS, WINDOW_WORDS, windows};
+use visa_proxy::detector::units;
 use visa_proxy::models::encoder::{EncoderFiles, SentenceEncoder};
 
 #[path = "support/answer.rs"]
@@ -55,8 +55,8 @@ fn main() {
         rayon::current_num_threads()
     );
     let tokens = encoder.count_tokens(ANSWER).unwrap();
-    let wins = windows(ANSWER, WINDOW_WORDS, MIN_WINDOW_WORDS);
-    let win_refs: Vec<&str> = wins.iter().map(String::as_str).collect();
+    // The sentences the detector scores.
+    let win_refs: Vec<&str> = units(ANSWER).iter().map(|u| u.body(ANSWER)).collect();
     let win_tokens: usize = encoder
         .token_ids(&win_refs)
         .unwrap()
@@ -70,7 +70,7 @@ fn main() {
         (
             format!(
                 "its {} detector windows ({win_tokens} tokens; {padded} padded)",
-                wins.len()
+                win_refs.len()
             ),
             win_refs.clone(),
         ),

@@ -287,7 +287,9 @@ pub fn run(cli: Cli) -> ExitCode {
             .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))
         }
         Command::EvalSteering(o) => crate::enforce::steering::run(&o),
-        Command::EvalSimilarity { pairs, encoder } => crate::edit::similarity_eval::run(&pairs, &encoder),
+        Command::EvalSimilarity { pairs, encoder } => {
+            crate::edit::similarity_eval::run(&pairs, &encoder)
+        }
         Command::EvalTranslator { cases, encoder } => {
             crate::translator::eval::run(&cases, &encoder)
         }

@@ -131,7 +131,7 @@ impl Default for ModelsConfig {
 }
 
 pub use crate::config_models::{
-    EnforceConfig, LlmConfig, RewriteMode, RewriterBackend, RewriterConfig,
+    DropRule, EnforceConfig, LlmConfig, RewriteMode, RewriterBackend, RewriterConfig,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -472,6 +472,14 @@ impl Config {
             for (k, h) in t.api_key_sha256.iter().enumerate() {
                 let field = format!("tenants[{i}].api_key_sha256[{k}]");
                 let bytes = decode_sha256(h).map_err(|m| config_err(&field, m))?;
+                if self.admin_key.as_deref().map(hash_key) == Some(bytes) {
+                    return Err(config_err(
+                        field,
+                        format!(
+                            "{ENV_ADMIN_KEY} is this tenant's key: an admin key must be a key of its own"
+                        ),
+                    ));
+                }
                 if !key_hashes.insert(bytes) {
                     return Err(config_err(field, "this key hash is already used"));
                 }

@@ -166,6 +166,22 @@ pub struct RewriterConfig {
     pub min_value_move: f32,
     /// The value-injection bank: short fact-free sentences per value.
     pub bank: String,
+    /// When a sentence that carries a value above its band may be dropped: `covered` (default)
+    /// when its facts are elsewhere in the answer and another sentence says the same (encoder
+    /// similarity at least `drop_covered_similarity`: a near-repeat); `facts` when its facts
+    /// are elsewhere (it may say something the rest does not); `never`. In every case only a
+    /// sentence the detector finds more likely than not to express the value.
+    pub drop: DropRule,
+    pub drop_covered_similarity: f32,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DropRule {
+    #[default]
+    Covered,
+    Facts,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -199,6 +215,8 @@ impl Default for RewriterConfig {
             min_sentence_similarity: 0.6,
             min_value_move: 0.1,
             bank: "assets/edit/bank.json".into(),
+            drop: DropRule::Covered,
+            drop_covered_similarity: 0.75,
         }
     }
 }
@@ -239,10 +257,22 @@ impl RewriterConfig {
             return Err(config_err("rewriter.max_text_chars", "must be above 0"));
         }
         if self.edit_model_candidates > 8 {
-            return Err(config_err("rewriter.edit_model_candidates", "must be in 0..=8"));
+            return Err(config_err(
+                "rewriter.edit_model_candidates",
+                "must be in 0..=8",
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_sentence_similarity) {
-            return Err(config_err("rewriter.min_sentence_similarity", "must be in [0, 1]"));
+            return Err(config_err(
+                "rewriter.min_sentence_similarity",
+                "must be in [0, 1]",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.drop_covered_similarity) {
+            return Err(config_err(
+                "rewriter.drop_covered_similarity",
+                "must be in [0, 1]",
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_value_move) {
             return Err(config_err("rewriter.min_value_move", "must be in [0, 1]"));
@@ -283,6 +313,12 @@ impl EnforceConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.first_window_chars == 0 || self.window_chars == 0 {
             return Err(config_err("enforce.window_chars", "must be above 0"));
+        }
+        if self.max_window_chars < 16 {
+            return Err(config_err(
+                "enforce.max_window_chars",
+                "must be at least 16 (a window cut inside a character could not advance)",
+            ));
         }
         if self.max_window_chars < self.window_chars.max(self.first_window_chars) {
             return Err(config_err(

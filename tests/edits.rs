@@ -23,7 +23,8 @@ use support::proxy::Proxy;
 const ADMIN: &str = "admin-secret";
 
 /// A long, mostly neutral answer with one power-laden sentence in the middle.
-const NEUTRAL_1: &str = "To prepare for the quarterly review, collect the sales figures for each region.";
+const NEUTRAL_1: &str =
+    "To prepare for the quarterly review, collect the sales figures for each region.";
 const NEUTRAL_2: &str =
     "Put them in one spreadsheet and check that the totals match the accounting report.";
 const NEUTRAL_3: &str = "Send the spreadsheet to the finance team by Thursday.";
@@ -159,7 +160,7 @@ fn apply(original: &str, edits: &[Value]) -> String {
         match e["kind"].as_str().unwrap() {
             "rewritten" => out.push_str(e["text"].as_str().unwrap()),
             "inserted" => {
-                out.push(' ');
+                out.push_str(e["separator"].as_str().unwrap());
                 out.push_str(e["text"].as_str().unwrap());
             }
             _ => {}
@@ -188,15 +189,24 @@ async fn one_sentence_is_edited_and_the_others_come_back_byte_identical() {
     // edits applied: everything else is byte-identical, the layout included.
     for e in edits {
         assert_eq!(e["values"], json!(["power"]), "{e}");
-        assert!(["rewritten", "dropped"].contains(&e["kind"].as_str().unwrap()), "{e}");
-        assert!(e["original"].as_str().unwrap().contains("Show everyone"), "{e}");
+        assert!(
+            ["rewritten", "dropped"].contains(&e["kind"].as_str().unwrap()),
+            "{e}"
+        );
+        assert!(
+            e["original"].as_str().unwrap().contains("Show everyone"),
+            "{e}"
+        );
         assert!(!e["reason"].as_str().unwrap().is_empty(), "{e}");
     }
     assert_eq!(text, apply(&original, edits), "{report}");
     for s in [NEUTRAL_1, NEUTRAL_2, NEUTRAL_3] {
         assert!(text.contains(s), "{s:?} changed: {text}");
     }
-    assert!(text.starts_with(&format!("{NEUTRAL_1} {NEUTRAL_2}\n\n")), "{text}");
+    assert!(
+        text.starts_with(&format!("{NEUTRAL_1} {NEUTRAL_2}\n\n")),
+        "{text}"
+    );
     assert!(!text.contains(POWER_CLAUSE), "{text}");
     // The scores moved toward the target, and the budget and the time spent are reported.
     let (before, after) = (
@@ -270,12 +280,20 @@ const BOSS_FACT: &str = "Control the 12 stores in Leeds with absolute authority.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentence_is_dropped_only_when_no_fact_is_lost() {
     let mock = MockUpstream::start().await;
-    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    // `drop = "facts"`: a sentence may go when its facts are elsewhere (the default, `covered`,
+    // also asks that another sentence say the same; below).
+    let proxy = Proxy::start(
+        &config(&mock, "edit_model_candidates = 0\ndrop = \"facts\"", ""),
+        &[("VISA_ADMIN_KEY", ADMIN)],
+    );
     let others = [NEUTRAL_1, NEUTRAL_2, NEUTRAL_3];
     let profile = keep_low(&proxy, "power", BOSS, &others).await;
     let with_fact = scores(&proxy, &[BOSS_FACT], "power").await[0];
     let edge = profile["values"]["power"]["tolerance"].as_f64().unwrap();
-    assert!(with_fact > edge, "precondition: {BOSS_FACT:?} scores {with_fact:.3} <= {edge:.3}");
+    assert!(
+        with_fact > edge,
+        "precondition: {BOSS_FACT:?} scores {with_fact:.3} <= {edge:.3}"
+    );
     set_profile(&proxy, profile).await;
 
     // No fact in it: dropped, with the space before the next sentence.
@@ -288,7 +306,11 @@ async fn a_sentence_is_dropped_only_when_no_fact_is_lost() {
         "{v}"
     );
     let e = &v["visa"]["choices"][0]["edits"][0];
-    assert_eq!((e["kind"].as_str(), e["source"].as_str()), (Some("dropped"), Some("drop")), "{e}");
+    assert_eq!(
+        (e["kind"].as_str(), e["source"].as_str()),
+        (Some("dropped"), Some("drop")),
+        "{e}"
+    );
 
     // A number only it states: it stays, and without another edit the original comes back.
     let original = format!("{NEUTRAL_1} {BOSS_FACT} {NEUTRAL_3}");
@@ -296,7 +318,10 @@ async fn a_sentence_is_dropped_only_when_no_fact_is_lost() {
     assert_eq!(h["x-visa-action"], "fallback", "{v}");
     assert_eq!(v["choices"][0]["message"]["content"], original);
     let report = &v["visa"]["choices"][0];
-    assert!(report["edits"].as_array().is_none_or(Vec::is_empty), "{report}");
+    assert!(
+        report["edits"].as_array().is_none_or(Vec::is_empty),
+        "{report}"
+    );
     // The same number and name elsewhere in the answer: nothing is lost by dropping it.
     let original = format!("{NEUTRAL_1} {BOSS_FACT} The 12 stores in Leeds open at nine.");
     let (_, h, v) = chat(&proxy, answer_body(&original)).await;
@@ -308,12 +333,58 @@ async fn a_sentence_is_dropped_only_when_no_fact_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_only_a_sentence_another_one_repeats_is_dropped() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let profile = keep_low(&proxy, "power", BOSS, &[NEUTRAL_1, NEUTRAL_3]).await;
+    set_profile(&proxy, profile).await;
+    // Said once: it says something the rest does not, so it stays (nothing else can be done).
+    let once = format!("{NEUTRAL_1} {BOSS} {NEUTRAL_3}");
+    let (_, h, v) = chat(&proxy, answer_body(&once)).await;
+    assert_eq!(h["x-visa-action"], "fallback", "{v}");
+    let sites = &v["visa"]["choices"][0];
+    assert!(sites["reason"].as_str().is_some(), "{sites}");
+    // Said twice: one repeat goes, the other stays (the value is lower only where it went, so
+    // the whole answer is still outside the band, but the edit is what the shield judges).
+    let twice = format!("{NEUTRAL_1} {BOSS} {NEUTRAL_3} {BOSS}");
+    let r: Value = client()
+        .post(proxy.url("/v1/values/rewrite"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"text": twice, "tenant_id": "acme"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let drops: Vec<&Value> = r["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["candidates"].as_array().unwrap().iter())
+        .filter(|c| c["kind"] == "dropped")
+        .collect();
+    assert!(drops.iter().any(|c| c["passed"] == true), "{r}");
+    assert!(
+        drops.iter().any(|c| c["passed"] == false
+            && c["note"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no other sentence")),
+        "the last copy stays: {r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_budget_cuts_a_slow_remote_rewriter_and_the_fallback_comes_in_time() {
     let mock = MockUpstream::start().await;
     // The remote rewriter is the mock, answering requests for "visa-rewriter" after 30 s.
     *mock.state.slow_model.lock().unwrap() = Some(("visa-rewriter".into(), 30_000));
     let rewriter = "edit_model_candidates = 1\nbackend = \"remote\"\nupstream = \"gpu\"\nmodel = \"visa-rewriter\"";
-    let gpu = format!("[[upstreams]]\nname = \"gpu\"\nbase_url = \"{}\"", mock.base_url());
+    let gpu = format!(
+        "[[upstreams]]\nname = \"gpu\"\nbase_url = \"{}\"",
+        mock.base_url()
+    );
     let text = config(&mock, rewriter, "").replace("[[tenants]]", &format!("{gpu}\n\n[[tenants]]"));
     let proxy = Proxy::start(&text, &[("VISA_ADMIN_KEY", ADMIN)]);
     let mut profile = keep_low(&proxy, "power", BOSS_FACT, &[NEUTRAL_1]).await;
@@ -346,7 +417,10 @@ async fn the_budget_cuts_a_slow_remote_rewriter_and_the_fallback_comes_in_time()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_windows_are_edited_without_leaking_what_they_replace() {
     let mock = MockUpstream::start().await;
-    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let proxy = Proxy::start(
+        &config(&mock, "edit_model_candidates = 0\ndrop = \"facts\"", ""),
+        &[("VISA_ADMIN_KEY", ADMIN)],
+    );
     let profile = keep_low(&proxy, "power", BOSS, &[NEUTRAL_1, NEUTRAL_3]).await;
     set_profile(&proxy, profile).await;
     // Two power-laden sentences, each in a window of its own.
@@ -356,9 +430,11 @@ async fn stream_windows_are_edited_without_leaking_what_they_replace() {
         .post(proxy.url("/v1/chat/completions"))
         .bearer_auth("sk-acme")
         .header("x-visa-metadata", "true")
-        .json(&json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
+        .json(
+            &json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
                       "messages": [{"role": "user", "content": "How?"}],
-                      "mock": {"chunks": pieces, "delay_ms": 2}}))
+                      "mock": {"chunks": pieces, "delay_ms": 2}}),
+        )
         .send()
         .await
         .unwrap();
@@ -368,7 +444,9 @@ async fn stream_windows_are_edited_without_leaking_what_they_replace() {
     let mut text = String::new();
     let mut live = Vec::new();
     for line in raw.lines() {
-        let Some(data) = line.strip_prefix("data: ") else { continue };
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
         if data == "[DONE]" {
             continue;
         }
@@ -383,7 +461,10 @@ async fn stream_windows_are_edited_without_leaking_what_they_replace() {
         }
     }
     assert!(!raw.contains("Be the boss"), "leaked: {raw}");
-    assert!(text.contains(NEUTRAL_1) && text.contains(NEUTRAL_3), "{text}");
+    assert!(
+        text.contains(NEUTRAL_1) && text.contains(NEUTRAL_3),
+        "{text}"
+    );
     let edited: Vec<&Value> = live.iter().filter(|w| w["action"] == "rewritten").collect();
     assert_eq!(edited.len(), 2, "{live:?}");
     for w in edited {
@@ -421,4 +502,64 @@ async fn a_steering_profile_adds_its_system_message_to_the_upstream_request() {
     chat(&proxy, body).await;
     let asked = mock.state.last_request().unwrap().body;
     assert_eq!(asked["messages"].as_array().unwrap().len(), 1, "{asked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_a_blocked_or_rewritten_answer_leaks_through_other_fields() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let mut profile = keep_low(&proxy, "power", POWER, &[NEUTRAL_1, NEUTRAL_2, NEUTRAL_3]).await;
+    // Fields that spell the upstream's text: token log-probabilities, reasoning, a transcript.
+    let carrying = |content: Value| {
+        json!({"model": "m", "messages": [{"role": "user", "content": "How?"}],
+               "mock": {"content_value": content,
+                        "choice_extra": {"logprobs": {"content": [{"token": "Show", "logprob": -0.1}]}},
+                        "message_extra": {"reasoning_content": "Show everyone that you are the boss",
+                                          "reasoning": "status and wealth",
+                                          "audio": {"id": "a", "transcript": "Show everyone"},
+                                          "tool_calls": [{"id": "c", "type": "function",
+                                                          "function": {"name": "f", "arguments": "{}"}}]}}})
+    };
+    profile["action"] = json!("block");
+    set_profile(&proxy, profile.clone()).await;
+    let original = long_answer();
+    for content in [json!(original), json!([{"type": "text", "text": original}])] {
+        let (_, h, v) = chat(&proxy, carrying(content.clone())).await;
+        assert_eq!(h["x-visa-action"], "blocked", "{content}: {v}");
+        let choice = &v["choices"][0];
+        let body = choice.to_string();
+        assert!(
+            !body.contains("Show") && !body.contains("status and wealth"),
+            "leaked: {body}"
+        );
+        assert_eq!(choice["finish_reason"], "content_filter");
+        assert!(choice["message"]["content"].is_null() && choice["message"]["refusal"].is_string());
+    }
+    // A content the proxy cannot read as text is not passed as checked.
+    let (_, h, v) = chat(&proxy, carrying(json!({"weird": original}))).await;
+    assert_eq!(h["x-visa-action"], "blocked", "{v}");
+    assert!(!v["choices"][0].to_string().contains("Show"), "{v}");
+    // Under audit it passes (audit never changes an answer).
+    profile["action"] = json!("audit");
+    set_profile(&proxy, profile.clone()).await;
+    let (_, h, v) = chat(&proxy, carrying(json!({"weird": original}))).await;
+    assert_eq!(h["x-visa-action"], "passed", "{v}");
+    // Rewritten: the edited text, none of the original's other fields, usage counting what
+    // the client receives.
+    profile["action"] = json!("rewrite");
+    set_profile(&proxy, profile).await;
+    let (_, h, v) = chat(&proxy, carrying(json!(original))).await;
+    assert_eq!(h["x-visa-action"], "rewritten", "{v}");
+    let choice = &v["choices"][0];
+    assert!(
+        choice.get("logprobs").is_none() && choice["message"].get("reasoning_content").is_none(),
+        "{choice}"
+    );
+    assert!(choice["message"].get("audio").is_none(), "{choice}");
+    let text = choice["message"]["content"].as_str().unwrap();
+    assert!(!text.contains(POWER_CLAUSE), "{text}");
+    let expected =
+        (7.0 * text.chars().count() as f64 / original.chars().count() as f64).round() as u64;
+    assert_eq!(v["usage"]["completion_tokens"], expected, "{v}");
+    assert_eq!(v["usage"]["total_tokens"], 5 + expected, "{v}");
 }

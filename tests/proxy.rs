@@ -578,6 +578,64 @@ async fn upstream_errors_pass_through_or_become_502() {
     )
     .await;
     assert_error(resp, 502, "upstream_unavailable").await;
+    // The upstream refusing the proxy's own key is not the client's fault, and its body (which
+    // may quote part of that key) does not reach the client.
+    for status in [401, 403] {
+        let resp = post_chat(
+            &proxy,
+            "sk-acme",
+            chat_body(
+                json!({"mock": {"mode": "fail", "status": status, "key": format!("auth{status}")}}),
+            ),
+        )
+        .await;
+        let e = assert_error(resp, 502, "upstream_unavailable").await;
+        let m = e["message"].as_str().unwrap();
+        assert!(
+            m.contains("upstream mock") && m.contains(&status.to_string()),
+            "{e}"
+        );
+        assert!(
+            !m.contains("mock failure"),
+            "the upstream's body leaked: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn multi_line_stream_events_are_re_encoded_line_by_line() {
+    let (_mock, proxy) = setup().await;
+    let resp = post_chat(
+        &proxy,
+        "sk-acme",
+        chat_body(
+            json!({"stream": true, "mock": {"sse_pretty": true, "chunks": ["Hi", " there"]}}),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let raw = resp.text().await.unwrap();
+    let mut text = String::new();
+    for event in raw.split("\n\n").filter(|e| !e.trim().is_empty()) {
+        // Every line of every event is a data line, and the lines join into one payload.
+        let lines: Vec<&str> = event
+            .lines()
+            .map(|l| {
+                l.strip_prefix("data: ")
+                    .unwrap_or_else(|| panic!("not a data line: {l:?} in {raw}"))
+            })
+            .collect();
+        let payload = lines.join("\n");
+        if payload == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+    }
+    assert!(raw.matches("data: ").count() > 6, "{raw}");
+    assert_eq!(text, "Hi there");
 }
 
 #[tokio::test]
@@ -946,6 +1004,21 @@ fn invalid_config_fails_at_start_naming_the_field() {
         .err()
         .expect("must not start");
     assert!(err.contains("listen_typo"), "{err}");
+
+    // An admin key that is also a tenant's key would give that tenant's clients admin rights.
+    let err = Proxy::try_start(
+        &format!(
+            "[[upstreams]]\nname = \"a\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[[tenants]]\nid = \"t\"\napi_key_sha256 = [\"{}\"]\nupstreams = [\"a\"]\n",
+            key_hash("sk-same")
+        ),
+        &[("VISA_ADMIN_KEY", "sk-same")],
+    )
+    .err()
+    .expect("must not start");
+    assert!(
+        err.contains("tenants[0].api_key_sha256[0]") && err.contains("VISA_ADMIN_KEY"),
+        "{err}"
+    );
 }
 
 #[test]

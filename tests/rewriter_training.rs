@@ -177,10 +177,10 @@ upstreams = ["local"]
     let eval_dir = dir.path().join("eval");
     eval_rewriter(&adapter, &eval_dir, &[]);
     let md = std::fs::read_to_string(eval_dir.join("eval.md")).unwrap();
-    assert!(md.contains("| base (prompt only) | 2 |"), "{md}");
+    assert!(md.contains("| base whole-text (1x1) | 2 |"), "{md}");
     assert!(md.contains("| GRPO adapter "), "{md}");
     let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("eval.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("single/eval.json")).unwrap())
             .unwrap();
     let rows = report["summaries"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
@@ -224,14 +224,14 @@ upstreams = ["local"]
         );
         assert!(lo <= m + 1e-6 && m <= hi + 1e-6, "{d}");
     }
-    assert!(md.contains("Paired differences from the base"), "{md}");
+    assert!(md.contains("Paired differences from the first row"), "{md}");
     let run = support::run_ok(
         Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
             .arg("compare-eval")
-            .arg(eval_dir.join("eval.json")),
+            .arg(eval_dir.join("single/eval.json")),
     );
     let table = String::from_utf8_lossy(&run.stdout);
-    assert!(table.contains(" vs base (prompt only) | 2 |"), "{table}");
+    assert!(table.contains(" vs base whole-text (1x1) | 2 |"), "{table}");
     assert!(md.contains(table.trim()), "{md}\n---\n{table}");
 
     // --skip-base evaluates the adapter alone, on the same items; compare-eval against the
@@ -239,7 +239,7 @@ upstreams = ["local"]
     let alone_dir = dir.path().join("eval-alone");
     eval_rewriter(&adapter, &alone_dir, &["--skip-base"]);
     let alone: Value =
-        serde_json::from_str(&std::fs::read_to_string(alone_dir.join("eval.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(alone_dir.join("single/eval.json")).unwrap())
             .unwrap();
     assert_eq!(alone["summaries"].as_array().unwrap().len(), 1, "{alone}");
     let rewrites = |r: &Value, k: usize| -> Vec<(String, String)> {
@@ -254,8 +254,8 @@ upstreams = ["local"]
     let run = support::run_ok(
         Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
             .arg("compare-eval")
-            .arg(eval_dir.join("eval.json"))
-            .arg(alone_dir.join("eval.json")),
+            .arg(eval_dir.join("single/eval.json"))
+            .arg(alone_dir.join("single/eval.json")),
     );
     let across = String::from_utf8_lossy(&run.stdout);
     let row = |t: &str| -> String {
@@ -289,6 +289,7 @@ fn eval_rewriter(adapter: &std::path::Path, out: &std::path::Path, extra: &[&str
         Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["eval-rewriter", "--config", "config.toml", "--items", "2"])
+            .args(["--kind", "single", "--editor", "whole"])
             .args(extra)
             .arg("--data")
             .arg(data_dir())

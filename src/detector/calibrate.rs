@@ -126,7 +126,7 @@ pub fn run(o: &CalibrateOptions) -> anyhow::Result<Calibration> {
         .collect();
     let mut positives: Vec<&str> = fit
         .iter()
-        .filter(|a| a.labels.iter().any(|l| *l == 1))
+        .filter(|a| a.labels.contains(&1))
         .map(|a| a.text())
         .collect();
     let arguments = positives.len();

@@ -217,7 +217,9 @@ mod tests {
             let raw = 0.2 + 0.79 * (i % 100) as f32 / 100.0;
             p.push(raw);
             // Labels drawn with probability raw / 4 (a linear congruential generator).
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let u = (seed >> 33) as f32 / (1u64 << 31) as f32;
             l.push(u < raw / 4.0);
         }

@@ -278,7 +278,11 @@ fn calibration_report(
         "calibration ({} arguments, each scored sentence by sentence, max; {bins} equal-width bins; calibration: {}{}):",
         items.len(),
         calibration.method,
-        if gate.is_some() { ", with the value gate" } else { "" }
+        if gate.is_some() {
+            ", with the value gate"
+        } else {
+            ""
+        }
     );
     println!(
         "{:<15} {:>9} {:>11} {:>10} {:>12}",
@@ -288,10 +292,7 @@ fn calibration_report(
     let (mut sum_raw, mut sum_cal) = (0.0, 0.0);
     for v in ValueId::ALL {
         let p: Vec<f32> = raw.iter().map(|r| r.get(v)).collect();
-        let q: Vec<f32> = raw
-            .iter()
-            .map(|r| calibration.apply(r).get(v))
-            .collect();
+        let q: Vec<f32> = raw.iter().map(|r| calibration.apply(r).get(v)).collect();
         let l: Vec<bool> = labels.iter().map(|x| x[v.index()]).collect();
         let (e_raw, e_cal) = (ece(&p, &l, bins), ece(&q, &l, bins));
         sum_raw += e_raw;
@@ -318,7 +319,13 @@ fn calibration_report(
         "reliability per value: for each bin of predicted probability, observed share present / count (raw -> calibrated)"
     );
     let header: Vec<String> = (0..bins)
-        .map(|i| format!("{:.1}-{:.1}", i as f32 / bins as f32, (i + 1) as f32 / bins as f32))
+        .map(|i| {
+            format!(
+                "{:.1}-{:.1}",
+                i as f32 / bins as f32,
+                (i + 1) as f32 / bins as f32
+            )
+        })
         .collect();
     println!("{:<24} {}", "value", header.join("  "));
     for (v, a, b) in tables {
@@ -370,9 +377,7 @@ pub fn neutral_check(
         let cal: Vec<f32> = raw.iter().map(|r| calibration.apply(r).get(v)).collect();
         let labelled = probs
             .iter()
-            .filter(|p| {
-                (0..20).any(|c| category_value(c) == Some(v) && p[c] >= head.thresholds[c])
-            })
+            .filter(|p| (0..20).any(|c| category_value(c) == Some(v) && p[c] >= head.thresholds[c]))
             .count();
         for (ok, x) in all_low.iter_mut().zip(&cal) {
             *ok &= *x <= 0.25;
@@ -404,7 +409,8 @@ pub fn valued_check(
     calibration: &Calibration,
     path: &Path,
 ) -> anyhow::Result<()> {
-    let raw_file = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let raw_file =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut rows: Vec<(ValueId, String)> = Vec::new();
     for line in raw_file.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line)?;
@@ -433,8 +439,14 @@ pub fn valued_check(
         if mine.is_empty() {
             continue;
         }
-        let with: Vec<f32> = mine.iter().map(|i| calibration.apply(&gated[*i]).get(v)).collect();
-        let without: Vec<f32> = mine.iter().map(|i| calibration.apply(&ungated[*i]).get(v)).collect();
+        let with: Vec<f32> = mine
+            .iter()
+            .map(|i| calibration.apply(&gated[*i]).get(v))
+            .collect();
+        let without: Vec<f32> = mine
+            .iter()
+            .map(|i| calibration.apply(&ungated[*i]).get(v))
+            .collect();
         let n = mine.len() as f32;
         println!(
             "{:<15} {:>6} {:>4.2} ({:.2}) {:>9} {:>9}",

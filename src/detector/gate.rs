@@ -40,7 +40,10 @@ impl Gate {
                 "weight".to_owned(),
                 Tensor::from_vec(self.weight.clone(), self.weight.len(), &dev),
             ),
-            ("bias".to_owned(), Tensor::from_vec(vec![self.bias], 1, &dev)),
+            (
+                "bias".to_owned(),
+                Tensor::from_vec(vec![self.bias], 1, &dev),
+            ),
         ]
         .into_iter()
         .map(|(k, t)| t.map(|t| (k, t)))

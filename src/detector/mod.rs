@@ -272,12 +272,7 @@ impl Detector {
     /// times the gate, collapsed to values and calibrated; per value the maximum over
     /// sentences; labels from the per-category thresholds on the maximum (gated) category
     /// scores.
-    pub fn detect_one(
-        &self,
-        text: &str,
-        units: &[Sentence],
-        vectors: &[Vec<f32>],
-    ) -> Detection {
+    pub fn detect_one(&self, text: &str, units: &[Sentence], vectors: &[Vec<f32>]) -> Detection {
         let mut p = [0f32; 20];
         let mut values = ValueVector::default();
         let mut sentences = Vec::with_capacity(units.len());
@@ -385,7 +380,13 @@ mod tests {
     fn units_are_sentences_with_enough_words() {
         let t = "## Tips\n1. Plan the week ahead. Rest.\nAsk your team for help when needed.";
         let u: Vec<&str> = units(t).iter().map(|s| s.body(t)).collect();
-        assert_eq!(u, vec!["Plan the week ahead.", "Ask your team for help when needed."]);
+        assert_eq!(
+            u,
+            vec![
+                "Plan the week ahead.",
+                "Ask your team for help when needed."
+            ]
+        );
         // A text with no sentence long enough is one unit; a blank one has none.
         assert_eq!(units("  Hi there ").len(), 1);
         assert_eq!(units("  Hi there ")[0].text("  Hi there "), "Hi there");

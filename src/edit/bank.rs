@@ -36,9 +36,9 @@ impl Bank {
     /// Read the file and embed its sentences. Every sentence must pass the insertion screening
     /// (no numbers, names or negations; one sentence).
     pub async fn load(path: &Path, encoder: &EncoderService) -> Result<Self, String> {
-        let raw =
-            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let file: File = serde_json::from_str(&raw).map_err(|e| format!("{}: {e}", path.display()))?;
+        let raw = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: File =
+            serde_json::from_str(&raw).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut entries = Vec::new();
         for (value, list) in file.values {
             for (context, text) in list {
@@ -76,7 +76,12 @@ impl Bank {
             .entries
             .iter()
             .filter(|e| e.value == value)
-            .map(|e| (e, e.vector.iter().zip(target).map(|(a, b)| a * b).sum::<f32>()))
+            .map(|e| {
+                (
+                    e,
+                    e.vector.iter().zip(target).map(|(a, b)| a * b).sum::<f32>(),
+                )
+            })
             .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1));
         scored.truncate(n);

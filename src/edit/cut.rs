@@ -9,12 +9,9 @@ use crate::values::sentences::Sentence;
 /// Words that open a subordinate clause, which can go without the sentence losing its main
 /// statement ("..., because status is what counts").
 const SUBORDINATORS: &[&str] = &[
-    "because", "so", "which", "while", "since", "whereas", "until", "unless", "especially",
-    "just", "where", "though", "although",
+    "because", "so", "which", "while", "since", "whereas", "until", "unless", "where", "though",
+    "although",
 ];
-
-/// Coordinators: a cut before the first of them keeps the first of two joined clauses.
-const COORDINATORS: &[&str] = &["and", "but", "or"];
 
 /// Words that open a leading clause before the main one ("To show them who leads, ...").
 const LEADING: &[&str] = &[
@@ -48,12 +45,14 @@ fn end_mark(body: &str) -> &str {
 }
 
 fn bare(w: &str) -> String {
-    w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase()
+    w.trim_matches(|c: char| !c.is_alphanumeric())
+        .to_lowercase()
 }
 
-/// Versions of a sentence body without one clause: the main clause alone, cut before a comma,
-/// a subordinating word or the first "and"/"but"/"or" (never leaving a subordinate clause open),
-/// or without a leading clause that ends at a comma. At most four, each of at least three
+/// Versions of a sentence body without one clause: the main clause alone, cut before a
+/// subordinating word (never leaving a subordinate clause open), or without a leading
+/// subordinate clause that ends at a comma. A clause joined by a bare comma or "and" is a
+/// statement of its own and is never cut. At most four, each of at least three
 /// words, none equal to the body; the smallest cut first.
 pub fn clause_trims(body: &str) -> Vec<String> {
     let mark = end_mark(body);
@@ -75,26 +74,29 @@ pub fn clause_trims(body: &str) -> Vec<String> {
     let first = bare(core.split_whitespace().next().unwrap_or(""));
     let leading = LEADING.contains(&first.as_str());
     // A sentence that opens with a subordinate clause has its main clause after the comma.
-    let main_from = if leading { core.find(", ").map_or(core.len(), |c| c + 2) } else { 0 };
+    let main_from = if leading {
+        core.find(", ").map_or(core.len(), |c| c + 2)
+    } else {
+        0
+    };
     let mut cuts: Vec<usize> = Vec::new();
-    let mut seen_coordinator = false;
     for (k, &i) in starts.iter().enumerate() {
         if i <= main_from {
             continue;
         }
         let w = bare(core[i..].split_whitespace().next().unwrap_or(""));
-        let coordinator = COORDINATORS.contains(&w.as_str());
         if k >= 3 {
-            let after_comma = core[..i].trim_end().ends_with([',', ';']);
             let subordinate = SUBORDINATORS.contains(&w.as_str());
-            let head_open = starts[1..k]
-                .iter()
-                .any(|&j| SUBORDINATORS.contains(&bare(core[j..].split_whitespace().next().unwrap_or("")).as_str()));
-            if !head_open && (after_comma || subordinate || (coordinator && !seen_coordinator)) {
+            let head_open = starts[1..k].iter().any(|&j| {
+                SUBORDINATORS
+                    .contains(&bare(core[j..].split_whitespace().next().unwrap_or("")).as_str())
+            });
+            // Only a subordinate clause goes ("..., because status is what counts"): cutting
+            // at a bare comma or an "and" would drop a statement of its own.
+            if !head_open && subordinate {
                 cuts.push(i);
             }
         }
-        seen_coordinator |= coordinator;
     }
     for i in cuts.into_iter().rev() {
         let head = core[..i]
@@ -104,9 +106,7 @@ pub fn clause_trims(body: &str) -> Vec<String> {
         push(format!("{head}{mark}"));
     }
     // A leading clause up to the first comma.
-    if leading
-        && let Some(comma) = core.find(", ")
-    {
+    if leading && let Some(comma) = core.find(", ") {
         push(format!("{}{mark}", capitalise(core[comma + 2..].trim())));
     }
     out
@@ -119,7 +119,8 @@ pub fn drop_range(text: &str, sentences: &[Sentence], i: usize) -> Range<usize> 
     let s = sentences[i];
     let line_start = text[..s.start].rfind('\n').map_or(0, |p| p + 1);
     let line_end = text[s.end..].find('\n').map_or(text.len(), |p| s.end + p);
-    let alone = text[line_start..s.start].trim().is_empty() && text[s.end..line_end].trim().is_empty();
+    let alone =
+        text[line_start..s.start].trim().is_empty() && text[s.end..line_end].trim().is_empty();
     if alone {
         if line_end < text.len() {
             // The line and its newline; a blank line after a paragraph goes with it.
@@ -134,7 +135,8 @@ pub fn drop_range(text: &str, sentences: &[Sentence], i: usize) -> Range<usize> 
         let start = text[..line_start].trim_end_matches(['\n', '\r']).len();
         return start..line_end;
     }
-    let next_start = s.end + (text[s.end..line_end].len() - text[s.end..line_end].trim_start().len());
+    let next_start =
+        s.end + (text[s.end..line_end].len() - text[s.end..line_end].trim_start().len());
     if next_start < line_end {
         return s.start..next_start;
     }
@@ -152,7 +154,7 @@ pub fn insertion_after(sentences: &[Sentence], anchor: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::values::sentences::{split, splice};
+    use crate::values::sentences::{splice, split};
 
     #[test]
     fn trims_keep_the_main_clause() {
@@ -162,9 +164,10 @@ mod tests {
             ),
             vec!["Show everyone that you are the boss."]
         );
-        assert_eq!(
-            clause_trims("Crush your rivals and take control of the whole market!"),
-            vec!["Crush your rivals!"]
+        // Two joined statements: neither goes.
+        assert!(clause_trims("Crush your rivals and take control of the whole market!").is_empty());
+        assert!(
+            clause_trims("They are not your enemies, they are your greatest allies.").is_empty()
         );
         assert_eq!(
             clause_trims("Save money every month, so you can retire early and travel."),
@@ -182,11 +185,26 @@ mod tests {
         let t = "One here. Two here. Three here.\n\nFour alone.\n\n- Five item.\n- Six item.";
         let s = split(t);
         let drop = |i: usize| splice(t, &[(drop_range(t, &s, i), String::new())]);
-        assert_eq!(drop(0), "Two here. Three here.\n\nFour alone.\n\n- Five item.\n- Six item.");
-        assert_eq!(drop(2), "One here. Two here.\n\nFour alone.\n\n- Five item.\n- Six item.");
-        assert_eq!(drop(3), "One here. Two here. Three here.\n\n- Five item.\n- Six item.");
-        assert_eq!(drop(4), "One here. Two here. Three here.\n\nFour alone.\n\n- Six item.");
-        assert_eq!(drop(5), "One here. Two here. Three here.\n\nFour alone.\n\n- Five item.");
+        assert_eq!(
+            drop(0),
+            "Two here. Three here.\n\nFour alone.\n\n- Five item.\n- Six item."
+        );
+        assert_eq!(
+            drop(2),
+            "One here. Two here.\n\nFour alone.\n\n- Five item.\n- Six item."
+        );
+        assert_eq!(
+            drop(3),
+            "One here. Two here. Three here.\n\n- Five item.\n- Six item."
+        );
+        assert_eq!(
+            drop(4),
+            "One here. Two here. Three here.\n\nFour alone.\n\n- Six item."
+        );
+        assert_eq!(
+            drop(5),
+            "One here. Two here. Three here.\n\nFour alone.\n\n- Five item."
+        );
         let at = insertion_after(&s, 3);
         assert_eq!(
             splice(t, &[(at..at, " Be kind.".into())]),

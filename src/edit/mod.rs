@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::RewriterConfig;
+use crate::config::{DropRule, RewriterConfig};
 use crate::error::ApiError;
 use crate::models::llm::{ChatMessage, Sampling};
 use crate::rewriter::{Decision, RewriteBackend, shield};
@@ -105,6 +105,10 @@ pub struct Edit {
     pub original: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// For an insertion: what separates it from the text before it (a space, or a blank line
+    /// at the end of an answer whose last line has no sentence mark).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub separator: Option<String>,
     /// The values the edit moves.
     pub values: Vec<ValueId>,
     /// Their scores before (the sentence's; for an insertion, the answer's) and after (the new
@@ -203,6 +207,10 @@ const RESERVE: Duration = Duration::from_millis(400);
 /// A sentence may be dropped only when the detector finds it more likely than not to express
 /// each value it is dropped for: one just over its band gets a smaller edit or none.
 pub const DROP_MIN_SCORE: f32 = 0.5;
+
+/// Bank sentences tried per missing value, closest to the answer first: the closest in topic
+/// is not always the one the detector reads as expressing the value, so it chooses among them.
+const BANK_CANDIDATES: usize = 16;
 
 pub struct Editor {
     /// Where model candidates come from (none: only cuts, drops and the bank).
@@ -388,12 +396,25 @@ impl Editor {
                     let Some(i) = site.sentence else { continue };
                     let body = units[i].body(text);
                     for trim in cut::clause_trims(body) {
-                        cheap.push((k, candidate(EditKind::Rewritten, Source::Clause, trim), Some(body.to_owned())));
+                        cheap.push((
+                            k,
+                            candidate(EditKind::Rewritten, Source::Clause, trim),
+                            Some(body.to_owned()),
+                        ));
                     }
-                    cheap.push((k, candidate(EditKind::Dropped, Source::Drop, String::new()), None));
+                    if self.config.drop != DropRule::Never {
+                        cheap.push((
+                            k,
+                            candidate(EditKind::Dropped, Source::Drop, String::new()),
+                            None,
+                        ));
+                    }
                 }
                 SiteKind::Raise => {
-                    for (entry, _) in self.bank.closest(site.values[0], &semantic[0], 3) {
+                    for (entry, _) in
+                        self.bank
+                            .closest(site.values[0], &semantic[0], BANK_CANDIDATES)
+                    {
                         cheap.push((
                             k,
                             candidate(EditKind::Inserted, Source::Bank, entry.text.clone()),
@@ -433,7 +454,13 @@ impl Editor {
                             site: k,
                             kind: EditKind::Rewritten,
                             original: Some(body.to_owned()),
-                            messages: prompt::rewrite_messages(body, before_text, req.context, &site.values, &[]),
+                            messages: prompt::rewrite_messages(
+                                body,
+                                before_text,
+                                req.context,
+                                &site.values,
+                                &[],
+                            ),
                             sampling,
                         }),
                         SiteKind::Raise => {
@@ -442,7 +469,13 @@ impl Editor {
                                     site: k,
                                     kind: EditKind::Rewritten,
                                     original: Some(body.to_owned()),
-                                    messages: prompt::rewrite_messages(body, before_text, req.context, &[], &site.values),
+                                    messages: prompt::rewrite_messages(
+                                        body,
+                                        before_text,
+                                        req.context,
+                                        &[],
+                                        &site.values,
+                                    ),
                                     sampling: sampling.clone(),
                                 });
                             }
@@ -471,7 +504,11 @@ impl Editor {
                 outcome.generated += 1;
                 let (text, rejected) = match job.kind {
                     EditKind::Inserted => screen::screen_insertion(&raw, finished),
-                    _ => screen::screen_rewrite(job.original.as_deref().unwrap_or(""), &raw, finished),
+                    _ => screen::screen_rewrite(
+                        job.original.as_deref().unwrap_or(""),
+                        &raw,
+                        finished,
+                    ),
                 };
                 let mut c = candidate(job.kind, Source::Model, text);
                 c.rejected = rejected;
@@ -504,7 +541,16 @@ impl Editor {
         };
         let mut edits: Vec<(Range<usize>, String, Edit)> = Vec::new();
         for report in &mut reports {
-            self.decide(req.profile, text, &units, &semantic, req.scope, report, &mut state, &mut edits);
+            self.decide(
+                req.profile,
+                text,
+                &units,
+                &semantic,
+                req.scope,
+                report,
+                &mut state,
+                &mut edits,
+            );
         }
         outcome.sites = reports;
         if edits.is_empty() {
@@ -523,7 +569,12 @@ impl Editor {
 
         // Reassemble, detect again, and let the shield decide on the whole.
         edits.sort_by_key(|(r, _, _)| (r.start, r.end));
-        let ranges = match merge_ranges(edits.iter().map(|(r, s, _)| (r.clone(), s.clone())).collect()) {
+        let ranges = match merge_ranges(
+            edits
+                .iter()
+                .map(|(r, s, _)| (r.clone(), s.clone()))
+                .collect(),
+        ) {
             Ok(r) => r,
             Err(why) => {
                 outcome.decision = Decision::Failed;
@@ -660,15 +711,24 @@ impl Editor {
         let aggregate = state.aggregate();
         let min_move = self.config.min_value_move;
         let floor = self.config.min_sentence_similarity;
-        if site.kind == SiteKind::Lower
-            && site.sentence.is_some_and(|i| state.touched[i])
-        {
+        if site.kind == SiteKind::Lower && site.sentence.is_some_and(|i| state.touched[i]) {
             report.reason = Some("the sentence was already edited".into());
             return;
         }
         let mut best: Option<(usize, f32)> = None;
         for (c_idx, c) in report.candidates.iter_mut().enumerate() {
-            let verdict = self.check(profile, text, units, &site, c, state, &aggregate, min_move, floor, scope);
+            let verdict = self.check(
+                profile,
+                text,
+                units,
+                semantic,
+                &site,
+                c,
+                state,
+                &aggregate,
+                (min_move, floor),
+                scope,
+            );
             match verdict {
                 Ok((bonus, reward, note)) => {
                     c.passed = true;
@@ -713,6 +773,7 @@ impl Editor {
                         end: u.end,
                         original: Some(u.body(text).to_owned()),
                         text: Some(c.text.clone()),
+                        separator: None,
                         before: pick(&old, &values),
                         after: new_vector.map(|v| pick(&v, &values)).unwrap_or_default(),
                         similarity: c.score.as_ref().and_then(|s| s.similarity),
@@ -737,6 +798,7 @@ impl Editor {
                         end: u.end,
                         original: Some(u.text(text).to_owned()),
                         text: None,
+                        separator: None,
                         before: BTreeMap::new(),
                         after: BTreeMap::new(),
                         similarity: None,
@@ -750,14 +812,24 @@ impl Editor {
                 // After the kept sentence closest in meaning, or at the very end.
                 let anchor = match scope {
                     Scope::AppendOnly => None,
-                    _ => self.anchor_for(c, &site, semantic, units, state),
+                    _ => self.anchor_for(c, &site, semantic, units, text, state),
                 };
                 let at = anchor.map_or(text.trim_end().len(), |a| units[a].end);
+                // At the end after a line without a sentence mark (a list, a heading): a
+                // paragraph of its own.
+                let ends_sentence = text[..at]
+                    .trim_end_matches(['"', '\'', ')', '*', '\u{201d}'])
+                    .ends_with(['.', '!', '?']);
+                let sep = if anchor.is_none() && !ends_sentence {
+                    "\n\n"
+                } else {
+                    " "
+                };
                 state.inserted.push(v);
                 state.anchors.extend(anchor);
                 edits.push((
                     at..at,
-                    format!(" {}", c.text),
+                    format!("{sep}{}", c.text),
                     Edit {
                         kind: EditKind::Inserted,
                         source: c.source,
@@ -766,6 +838,7 @@ impl Editor {
                         end: at,
                         original: None,
                         text: Some(c.text.clone()),
+                        separator: Some(sep.to_owned()),
                         before: pick(&aggregate, &values),
                         after: pick(&v, &values),
                         similarity: None,
@@ -791,12 +864,12 @@ impl Editor {
         profile: &Profile,
         text: &str,
         units: &[Sentence],
+        semantic: &[Vec<f32>],
         site: &Site,
         c: &Candidate,
         state: &Working,
         aggregate: &ValueVector,
-        min_move: f32,
-        floor: f32,
+        (min_move, floor): (f32, f32),
         scope: Scope,
     ) -> Result<(f32, f32, String), String> {
         if let Some(r) = c.rejected {
@@ -817,7 +890,9 @@ impl Editor {
         let similar = |s: &EditScore| -> Result<f32, String> {
             let sim = s.similarity.unwrap_or(0.0);
             if sim < floor {
-                Err(format!("strays from the sentence's meaning (similarity {sim:.2} < {floor})"))
+                Err(format!(
+                    "strays from the sentence's meaning (similarity {sim:.2} < {floor})"
+                ))
             } else {
                 Ok(sim)
             }
@@ -884,7 +959,36 @@ impl Editor {
                 let rest = splice(text, &gone);
                 let f = facts::check(units[i].text(text), &rest);
                 if f.kept < f.total {
-                    return Err(format!("holds facts the rest of the answer lacks ({:?})", f.missing));
+                    return Err(format!(
+                        "holds facts the rest of the answer lacks ({:?})",
+                        f.missing
+                    ));
+                }
+                let mut covered_by = None;
+                if self.config.drop == DropRule::Covered {
+                    // Its meaning must be in another kept sentence (a near-repeat): dropping a
+                    // sentence that says something of its own changes what the answer says.
+                    let me = semantic.get(i + 1).ok_or("not embedded")?;
+                    let best = (0..units.len())
+                        .filter(|j| *j != i && state.vectors[*j].is_some())
+                        .filter_map(|j| {
+                            semantic
+                                .get(j + 1)
+                                .map(|v| (j, v.iter().zip(me).map(|(a, b)| a * b).sum::<f32>()))
+                        })
+                        .max_by(|a, b| a.1.total_cmp(&b.1));
+                    match best {
+                        Some((j, sim)) if sim >= self.config.drop_covered_similarity => {
+                            covered_by = Some((j, sim))
+                        }
+                        Some((_, sim)) => {
+                            return Err(format!(
+                                "says something no other sentence says (closest similarity {sim:.2} < {})",
+                                self.config.drop_covered_similarity
+                            ));
+                        }
+                        None => return Err("no other sentence covers it".into()),
+                    }
                 }
                 let mut next = state.clone();
                 next.vectors[i] = None;
@@ -894,7 +998,17 @@ impl Editor {
                     .iter()
                     .map(|v| format!("{v} {:.2} in this sentence", old.get(*v)))
                     .collect();
-                Ok((0.0, vw, format!("dropped: {}; every fact is elsewhere in the answer", moved.join(", "))))
+                let covered = covered_by.map_or(String::new(), |(j, sim)| {
+                    format!(", and sentence {j} says the same (similarity {sim:.2})")
+                });
+                Ok((
+                    0.0,
+                    vw,
+                    format!(
+                        "dropped: {}; every fact is elsewhere in the answer{covered}",
+                        moved.join(", ")
+                    ),
+                ))
             }
             (SiteKind::Raise, EditKind::Inserted) => {
                 let v = site.values[0];
@@ -912,9 +1026,25 @@ impl Editor {
                 next.inserted.push(s.values);
                 no_harm(&next)?;
                 let progress = ((new - cur) / (band(v).0 - cur).max(0.05)).min(1.0);
-                // An insertion leaves every original sentence as it was; a written one and one
-                // from the bank compete on the value alone.
-                Ok((0.0, vw * progress + (1.0 - vw), format!("{v} {cur:.2} -> {new:.2}")))
+                // An insertion leaves every original sentence as it was; among insertions that
+                // move the value alike, the one closer to the answer's topic wins.
+                let relevance = self
+                    .bank
+                    .entries
+                    .iter()
+                    .find(|e| e.text == c.text)
+                    .and_then(|e| {
+                        semantic
+                            .first()
+                            .map(|a| a.iter().zip(&e.vector).map(|(x, y)| x * y).sum::<f32>())
+                    })
+                    .unwrap_or(0.5)
+                    .clamp(0.0, 1.0);
+                Ok((
+                    0.0,
+                    vw * progress + (1.0 - vw) * (0.5 + 0.5 * relevance),
+                    format!("{v} {cur:.2} -> {new:.2}"),
+                ))
             }
             (SiteKind::Raise, EditKind::Rewritten) => {
                 let v = site.values[0];
@@ -935,7 +1065,11 @@ impl Editor {
                 next.vectors[j] = Some(s.values);
                 no_harm(&next)?;
                 let progress = ((new - cur) / (band(v).0 - cur).max(0.05)).min(1.0);
-                Ok((0.15, vw * progress + (1.0 - vw) * sim, format!("{v} {cur:.2} -> {new:.2}")))
+                Ok((
+                    0.15,
+                    vw * progress + (1.0 - vw) * sim,
+                    format!("{v} {cur:.2} -> {new:.2}"),
+                ))
             }
             _ => Err("not an edit for this site".into()),
         }
@@ -949,13 +1083,30 @@ impl Editor {
         site: &Site,
         semantic: &[Vec<f32>],
         units: &[Sentence],
+        text: &str,
         state: &Working,
     ) -> Option<usize> {
-        let kept = |i: usize| state.vectors.get(i).is_some_and(Option::is_some);
+        // A kept sentence that ends with a sentence mark, so the insertion stays a sentence of
+        // its own when the answer is split again.
+        let kept = |i: usize| {
+            state.vectors.get(i).is_some_and(Option::is_some)
+                && units.get(i).is_some_and(|u| {
+                    let t = u
+                        .text(text)
+                        .trim_end_matches(['"', '\'', ')', '*', '\u{201d}']);
+                    t.ends_with(['.', '!', '?'])
+                })
+        };
         if c.source == Source::Model {
             return site.sentence.filter(|i| kept(*i));
         }
-        let vector = self.bank.entries.iter().find(|e| e.text == c.text)?.vector.clone();
+        let vector = self
+            .bank
+            .entries
+            .iter()
+            .find(|e| e.text == c.text)?
+            .vector
+            .clone();
         (0..units.len())
             .filter(|i| kept(*i))
             .filter_map(|i| {

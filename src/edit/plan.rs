@@ -149,12 +149,25 @@ mod tests {
         assert_eq!(sites.len(), 3, "{sites:?}");
         // Power weighs 2: sentence 1 (0.9 - 0.25) x 2 = 1.3 first, then 2 ((0.5 - 0.25) x 2 =
         // 0.5), then raising benevolence (0.8 - 0.6 = 0.2) at its closest sentence, 2.
-        assert_eq!((sites[0].kind, sites[0].sentence), (SiteKind::Lower, Some(1)));
-        assert_eq!((sites[1].kind, sites[1].sentence), (SiteKind::Lower, Some(2)));
-        assert_eq!((sites[2].kind, sites[2].sentence), (SiteKind::Raise, Some(2)));
+        assert_eq!(
+            (sites[0].kind, sites[0].sentence),
+            (SiteKind::Lower, Some(1))
+        );
+        assert_eq!(
+            (sites[1].kind, sites[1].sentence),
+            (SiteKind::Lower, Some(2))
+        );
+        assert_eq!(
+            (sites[2].kind, sites[2].sentence),
+            (SiteKind::Raise, Some(2))
+        );
         assert!((sites[0].priority - 1.3).abs() < 1e-5);
         // A stream window plans no raise; text released before counts toward the maximum.
-        assert!(plan(&p, &s, None, false).iter().all(|x| x.kind == SiteKind::Lower));
+        assert!(
+            plan(&p, &s, None, false)
+                .iter()
+                .all(|x| x.kind == SiteKind::Lower)
+        );
         let prior = vector(&[(Benevolence, 0.85)]);
         assert!(
             plan(&p, &s, Some(&prior), true)

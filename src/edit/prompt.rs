@@ -66,13 +66,21 @@ pub fn task(lower: &[ValueId], raise: &[ValueId]) -> String {
     if !lower.is_empty() {
         parts.push(format!(
             "talk less about {}",
-            lower.iter().map(|v| cue(*v)).collect::<Vec<_>>().join(" and about ")
+            lower
+                .iter()
+                .map(|v| cue(*v))
+                .collect::<Vec<_>>()
+                .join(" and about ")
         ));
     }
     if !raise.is_empty() {
         parts.push(format!(
             "talk more about {}",
-            raise.iter().map(|v| cue(*v)).collect::<Vec<_>>().join(" and about ")
+            raise
+                .iter()
+                .map(|v| cue(*v))
+                .collect::<Vec<_>>()
+                .join(" and about ")
         ));
     }
     parts.join(", and ")
@@ -131,7 +139,13 @@ mod tests {
 
     #[test]
     fn the_fixed_part_comes_first_and_the_task_names_the_values() {
-        let a = rewrite_messages("Crush them.", Some("Work hard."), None, &[ValueId::Power], &[]);
+        let a = rewrite_messages(
+            "Crush them.",
+            Some("Work hard."),
+            None,
+            &[ValueId::Power],
+            &[],
+        );
         let b = rewrite_messages(
             "Be the boss.",
             None,
@@ -152,6 +166,11 @@ mod tests {
             "{last}"
         );
         let i = insert_messages("Save money.", ValueId::Universalism);
-        assert!(i.last().unwrap().content.ends_with("talk about fairness, tolerance and care for all people and nature"));
+        assert!(
+            i.last()
+                .unwrap()
+                .content
+                .ends_with("talk about fairness, tolerance and care for all people and nature")
+        );
     }
 }

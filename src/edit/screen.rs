@@ -81,7 +81,9 @@ const META: &[&str] = &[
 ];
 
 /// Words by which a model speaks as itself.
-const FIRST_PERSON: &[&str] = &["i", "i'm", "i've", "i'll", "i'd", "me", "my", "mine", "myself"];
+const FIRST_PERSON: &[&str] = &[
+    "i", "i'm", "i've", "i'll", "i'd", "me", "my", "mine", "myself",
+];
 
 fn words_lower(s: &str) -> Vec<String> {
     s.split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '\u{2019}'))
@@ -117,7 +119,11 @@ fn ends_a_sentence(text: &str) -> bool {
 
 /// A model's raw output for a sentence rewrite, cleaned and checked. `original` is the
 /// sentence body it replaces; the result keeps at most as many sentences as the original has.
-pub fn screen_rewrite(original: &str, raw: &str, finished: bool) -> (String, Option<EditRejection>) {
+pub fn screen_rewrite(
+    original: &str,
+    raw: &str,
+    finished: bool,
+) -> (String, Option<EditRejection>) {
     let cleaned = prompt::clean(raw);
     let first_line = cleaned.lines().next().unwrap_or("").trim().to_owned();
     let allowed = sentences::split(original).len().max(1);
@@ -230,7 +236,12 @@ mod tests {
         }
         // Questions back and the model speaking as itself.
         assert_eq!(
-            screen_rewrite(original, "Would you like to compete with your rivals?", true).1,
+            screen_rewrite(
+                original,
+                "Would you like to compete with your rivals?",
+                true
+            )
+            .1,
             Some(EditRejection::Question)
         );
         assert_eq!(
@@ -243,8 +254,14 @@ mod tests {
             "Compete well with your rivals across the market. Also remember to rest.",
             true,
         );
-        assert_eq!((t.as_str(), r), ("Compete well with your rivals across the market.", None));
-        assert_eq!(screen_rewrite(original, original, true).1, Some(EditRejection::Unchanged));
+        assert_eq!(
+            (t.as_str(), r),
+            ("Compete well with your rivals across the market.", None)
+        );
+        assert_eq!(
+            screen_rewrite(original, original, true).1,
+            Some(EditRejection::Unchanged)
+        );
         assert_eq!(
             screen_rewrite(original, "Compete well with your rivals across", false).1,
             Some(EditRejection::Truncated)
@@ -266,15 +283,28 @@ mod tests {
             ("Give 10% of it to charity.", EditRejection::AddsFacts),
             ("Never forget your friends.", EditRejection::AddsFacts),
             ("Be kind.", EditRejection::TooShort),
-            ("I think you should be kind to others.", EditRejection::FirstPerson),
-            ("Why not help your colleagues today?", EditRejection::Question),
-            ("Be kind to everyone you meet along the", EditRejection::Truncated),
+            (
+                "I think you should be kind to others.",
+                EditRejection::FirstPerson,
+            ),
+            (
+                "Why not help your colleagues today?",
+                EditRejection::Question,
+            ),
+            (
+                "Be kind to everyone you meet along the",
+                EditRejection::Truncated,
+            ),
         ] {
             assert_eq!(screen_insertion(bad, true).1, Some(why), "{bad}");
         }
         // Only the first sentence is kept.
         assert_eq!(
-            screen_insertion("Help your colleagues when they are stuck. Then go home.", true).0,
+            screen_insertion(
+                "Help your colleagues when they are stuck. Then go home.",
+                true
+            )
+            .0,
             "Help your colleagues when they are stuck."
         );
     }

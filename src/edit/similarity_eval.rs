@@ -17,21 +17,30 @@ fn quantile(sorted: &[f32], q: f32) -> f32 {
 }
 
 pub fn run(pairs: &Path, encoder_dir: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(pairs).map_err(|e| anyhow::anyhow!("{}: {e}", pairs.display()))?;
+    let text =
+        std::fs::read_to_string(pairs).map_err(|e| anyhow::anyhow!("{}: {e}", pairs.display()))?;
     let mut rows: Vec<(String, String, String)> = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| anyhow::anyhow!("{}:{}: {e}", pairs.display(), n + 1))?;
         let get = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
         rows.push((get("original"), get("faithful"), get("changed")));
     }
     // The base encoder: the one the editor's similarity uses.
-    let encoder = SentenceEncoder::load(&EncoderFiles::new(encoder_dir), crate::detector::train::MAX_TOKENS)?;
+    let encoder = SentenceEncoder::load(
+        &EncoderFiles::new(encoder_dir),
+        crate::detector::train::MAX_TOKENS,
+    )?;
     let mut all: Vec<&str> = Vec::new();
     for (o, f, c) in &rows {
         all.extend([o.as_str(), f.as_str(), c.as_str()]);
     }
-    let v = crate::models::service::embed_batched(&encoder, &all, 32).map_err(anyhow::Error::msg)?;
+    let v =
+        crate::models::service::embed_batched(&encoder, &all, 32).map_err(anyhow::Error::msg)?;
     let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     let mut faithful = Vec::new();
     let mut changed = Vec::new();
@@ -44,8 +53,15 @@ pub fn run(pairs: &Path, encoder_dir: &Path) -> anyhow::Result<()> {
     let mut cs: Vec<f32> = changed.iter().map(|x| x.0).collect();
     fs.sort_by(f32::total_cmp);
     cs.sort_by(f32::total_cmp);
-    println!("{} pairs ({}), base encoder similarity to the original sentence:", rows.len(), pairs.display());
-    println!("{:<10} {:>6} {:>6} {:>6} {:>6} {:>6}", "rewrite", "min", "p10", "p50", "p90", "max");
+    println!(
+        "{} pairs ({}), base encoder similarity to the original sentence:",
+        rows.len(),
+        pairs.display()
+    );
+    println!(
+        "{:<10} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "rewrite", "min", "p10", "p50", "p90", "max"
+    );
     for (name, s) in [("faithful", &fs), ("changed", &cs)] {
         println!(
             "{:<10} {:>6.3} {:>6.3} {:>6.3} {:>6.3} {:>6.3}",

@@ -22,10 +22,10 @@ use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
 use crate::rewriter::{Decision, Rewriter};
 use crate::score::{Scorer, ValueFit};
-use crate::values::ValueVector;
 use crate::stage::{ResponseStage, StageContext, StageJson, StageStream};
 use crate::store::Profiles;
 use crate::values::ValueId;
+use crate::values::ValueVector;
 use crate::values::profile::{Action, Fallback, Profile};
 
 pub const ACTION_HEADER: HeaderName = HeaderName::from_static("x-visa-action");
@@ -262,7 +262,10 @@ impl Enforcer {
         if profile.action == Action::Block {
             report.reason = Some(format!(
                 "outside the profile's tolerance ({})",
-                off.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+                off.iter()
+                    .map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
             self.metrics.action(tenant, "blocked", &off);
             return Ok(finish(report, VisaAction::Blocked, None, None));
@@ -281,7 +284,8 @@ impl Enforcer {
                 assessed,
             )
             .await?;
-        self.metrics.stage(tenant, "rewrite", edit_started.elapsed());
+        self.metrics
+            .stage(tenant, "rewrite", edit_started.elapsed());
         if outcome.budget_exhausted {
             self.metrics.budget_exhausted(tenant);
         }
@@ -402,7 +406,8 @@ impl Enforcer {
                 None => {
                     report.budget_exhausted = true;
                     self.metrics.budget_exhausted(tenant);
-                    report.reason = Some("the time budget ran out before a rewrite passed the shield".into());
+                    report.reason =
+                        Some("the time budget ran out before a rewrite passed the shield".into());
                     match profile.fallback {
                         Fallback::Original => VisaAction::Fallback,
                         Fallback::Block => VisaAction::Blocked,
@@ -463,25 +468,26 @@ impl Enforcer {
         let deadline = self
             .budget(&profile)
             .map(|b| tokio::time::Instant::from_std(started) + b);
-        // Which choices carry text to check: tool calls, refusals and empty texts pass.
+        // The text of every choice is checked, whatever sits beside it (tool calls, a refusal
+        // field): a string, or an array of text parts. A content of another shape cannot be
+        // checked: blocked unless the profile only audits.
         let mut work = Vec::new();
+        let mut unreadable: Vec<usize> = Vec::new();
         if let Some(choices) = answer.get("choices").and_then(Value::as_array) {
             for (k, c) in choices.iter().enumerate() {
-                let msg = c.get("message");
-                let has_tools = msg
-                    .and_then(|m| m.get("tool_calls"))
-                    .and_then(Value::as_array)
-                    .is_some_and(|a| !a.is_empty());
-                let refusal = msg
-                    .and_then(|m| m.get("refusal"))
-                    .is_some_and(|r| !r.is_null());
-                let text = msg
+                let index = c.get("index").and_then(Value::as_u64).unwrap_or(k as u64) as usize;
+                match c
+                    .get("message")
                     .and_then(|m| m.get("content"))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                if !has_tools && !refusal && !text.trim().is_empty() {
-                    let index = c.get("index").and_then(Value::as_u64).unwrap_or(k as u64);
-                    work.push((k, index as usize, text.to_owned()));
+                    .map(content_text)
+                {
+                    None | Some(Some(None)) => {}
+                    Some(Some(Some(text))) => {
+                        if !text.trim().is_empty() {
+                            work.push((k, index, text));
+                        }
+                    }
+                    Some(None) => unreadable.push(k),
                 }
             }
         }
@@ -497,23 +503,54 @@ impl Enforcer {
         .await;
         let mut worst = VisaAction::Passed;
         let mut reports = Vec::new();
+        let (mut upstream_chars, mut delivered_chars, mut changed) = (0usize, 0usize, false);
         for ((k, _, _), outcome) in work.iter().zip(outcomes) {
-            let outcome = outcome?;
+            let outcome = match outcome {
+                Ok(o) => o,
+                // Audit measures; it never fails a request (the models off, the encoder busy):
+                // the answer passes and the failure is logged.
+                Err(e) if profile.action == Action::Audit => {
+                    tracing::warn!(tenant = %ctx.tenant.id, error = %e.message, "audit scoring failed; the answer passes");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             worst = worst.max(outcome.action);
             if let Some(choice) = answer.get_mut("choices").and_then(|c| c.get_mut(*k)) {
                 match (outcome.action, outcome.text) {
                     (VisaAction::Rewritten, Some(t)) => {
+                        upstream_chars += work_chars(&work, *k);
+                        delivered_chars += t.chars().count();
+                        changed = true;
                         choice["message"]["content"] = Value::String(t);
+                        strip_original(choice);
                     }
                     (VisaAction::Blocked, _) => {
-                        choice["message"]["content"] = Value::Null;
-                        choice["message"]["refusal"] = Value::String(REFUSAL.into());
-                        choice["finish_reason"] = Value::String("content_filter".into());
+                        upstream_chars += work_chars(&work, *k);
+                        changed = true;
+                        block_choice(choice);
                     }
-                    _ => {}
+                    _ => {
+                        let n = work_chars(&work, *k);
+                        upstream_chars += n;
+                        delivered_chars += n;
+                    }
                 }
             }
             reports.push(outcome.report);
+        }
+        if profile.action != Action::Audit {
+            for k in &unreadable {
+                if let Some(choice) = answer.get_mut("choices").and_then(|c| c.get_mut(*k)) {
+                    block_choice(choice);
+                    changed = true;
+                    worst = worst.max(VisaAction::Blocked);
+                }
+            }
+        }
+        // Usage counts what the client receives, as streams do.
+        if changed && let Some(usage) = answer.get_mut("usage") {
+            stream::adjust_usage(usage, upstream_chars, delivered_chars);
         }
         let total = started.elapsed();
         if !work.is_empty() {
@@ -535,6 +572,59 @@ impl Enforcer {
             headers: visa_headers(Some(worst), &profile),
         })
     }
+}
+
+/// A message content as text: `Some(Some(text))` for a string or an array of text parts,
+/// `Some(None)` for null, `None` for a shape the proxy cannot read as text.
+fn content_text(content: &Value) -> Option<Option<String>> {
+    match content {
+        Value::Null => Some(None),
+        Value::String(s) => Some(Some(s.clone())),
+        Value::Array(parts) => {
+            let mut out = String::new();
+            for p in parts {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text") | None, Some(t)) => out.push_str(t),
+                    _ => return None,
+                }
+            }
+            Some(Some(out))
+        }
+        _ => None,
+    }
+}
+
+fn work_chars(work: &[(usize, usize, String)], k: usize) -> usize {
+    work.iter()
+        .find(|(j, _, _)| *j == k)
+        .map_or(0, |(_, _, t)| t.chars().count())
+}
+
+/// Fields of a choice that carry the upstream's own text (token log-probabilities, reasoning,
+/// an audio transcript): removed when the text was rewritten or blocked.
+fn strip_original(choice: &mut Value) {
+    if let Some(c) = choice.as_object_mut() {
+        c.remove("logprobs");
+    }
+    if let Some(m) = choice.get_mut("message").and_then(Value::as_object_mut) {
+        for k in ["reasoning_content", "reasoning", "audio"] {
+            m.remove(k);
+        }
+    }
+}
+
+/// A choice replaced by the refusal.
+fn block_choice(choice: &mut Value) {
+    strip_original(choice);
+    choice["message"]["content"] = Value::Null;
+    choice["message"]["refusal"] = Value::String(REFUSAL.into());
+    if let Some(m) = choice.get_mut("message").and_then(Value::as_object_mut) {
+        m.remove("tool_calls");
+    }
+    choice["finish_reason"] = Value::String("content_filter".into());
 }
 
 pub fn visa_headers(action: Option<VisaAction>, profile: &Profile) -> HeaderMap {

@@ -40,7 +40,6 @@ pub fn steering_message(profile: &Profile) -> Option<String> {
     (!parts.is_empty()).then(|| format!("In your answer, {}.", parts.join("; ")))
 }
 
-
 /// `eval-steering`'s options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SteerEvalOptions {
@@ -65,10 +64,12 @@ pub fn run(o: &SteerEvalOptions) -> anyhow::Result<()> {
     let config = Config::load(&o.config, None)
         .map_err(|e| anyhow::anyhow!("{}: {e}", o.config.display()))?;
     let spec: serde_json::Value = serde_json::from_str(&o.profile)?;
-    let spec = ProfileSpec::from_json(&spec).map_err(|e| anyhow::anyhow!("--profile: {}: {}", e.param, e.message))?;
+    let spec = ProfileSpec::from_json(&spec)
+        .map_err(|e| anyhow::anyhow!("--profile: {}: {}", e.param, e.message))?;
     let profile = Profile::from_spec(spec, 0, 0);
-    let system = steering_message(&profile)
-        .ok_or_else(|| anyhow::anyhow!("--profile: no target at or above 0.6 or at or below 0.3 to steer toward"))?;
+    let system = steering_message(&profile).ok_or_else(|| {
+        anyhow::anyhow!("--profile: no target at or above 0.6 or at or below 0.3 to steer toward")
+    })?;
     let prompts: Vec<String> = std::fs::read_to_string(&o.prompts)
         .map_err(|e| anyhow::anyhow!("{}: {e}", o.prompts.display()))?
         .lines()
@@ -97,6 +98,7 @@ pub fn run(o: &SteerEvalOptions) -> anyhow::Result<()> {
         println!("profile: {}\nsteering message: {system}\n", o.profile);
         println!("| prompt | unsteered: distance | sites | steered: distance | sites |\n|---|---|---|---|---|");
         let (mut need, mut need_steered, mut d0, mut d1) = (0usize, 0usize, 0.0f32, 0.0f32);
+        let (mut s0, mut s1) = (0usize, 0usize);
         for p in &prompts {
             let mut row = Vec::new();
             for steer in [false, true] {
@@ -117,9 +119,11 @@ pub fn run(o: &SteerEvalOptions) -> anyhow::Result<()> {
                 if steer {
                     need_steered += usize::from(needs);
                     d1 += a.original.distance;
+                    s1 += a.sites.len();
                 } else {
                     need += usize::from(needs);
                     d0 += a.original.distance;
+                    s0 += a.sites.len();
                 }
                 row.push(format!("{:.3} | {}", a.original.distance, a.sites.len()));
             }
@@ -127,12 +131,14 @@ pub fn run(o: &SteerEvalOptions) -> anyhow::Result<()> {
         }
         let n = prompts.len().max(1) as f32;
         println!(
-            "\n{} prompts: answers that need an edit: unsteered {need} ({:.0}%), steered {need_steered} ({:.0}%); mean distance to the profile {:.3} -> {:.3}",
+            "\n{} prompts: answers that need an edit: unsteered {need} ({:.0}%), steered {need_steered} ({:.0}%); mean distance to the profile {:.3} -> {:.3}; mean edit sites {:.1} -> {:.1}",
             prompts.len(),
             100.0 * need as f32 / n,
             100.0 * need_steered as f32 / n,
             d0 / n,
-            d1 / n
+            d1 / n,
+            s0 as f32 / n,
+            s1 as f32 / n
         );
         Ok::<(), anyhow::Error>(())
     })

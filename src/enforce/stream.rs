@@ -19,9 +19,9 @@ use super::{
 };
 use crate::edit::Scope;
 use crate::error::ApiError;
-use crate::values::ValueVector;
 use crate::stage::{StageContext, StageStream};
 use crate::upstream::sse::StreamEvent;
+use crate::values::ValueVector;
 use crate::values::profile::{Action, Profile, StreamMode};
 
 type Item = Result<StreamEvent, ApiError>;
@@ -276,6 +276,15 @@ struct Windows {
 impl Windows {
     /// Check one window and say what to send; `Ok(None)` means blocked.
     async fn window(&mut self, index: usize, text: String) -> Result<Option<String>, ApiError> {
+        if text.trim().is_empty() {
+            // Whitespace carries no value: released as it came, without a check or a report.
+            self.upstream_chars += text.chars().count();
+            self.delivered_chars += text.chars().count();
+            if let Some(b) = self.choices.get_mut(&index) {
+                b.released.push_str(&text);
+            }
+            return Ok(Some(text));
+        }
         let buf = self.choices.entry(index).or_default();
         buf.windows += 1;
         if let Some(since) = buf.since.take() {
@@ -357,7 +366,10 @@ impl Windows {
     /// it asks for, one sentence that expresses it, to append (the text before was sent
     /// already, so the end is the only place left). `None`: nothing to add.
     async fn append_at_end(&mut self, index: usize) -> Result<Option<Item>, ApiError> {
-        if self.profile.action != Action::Rewrite {
+        // Only sentence edits can add to what was sent; the whole-text rewriter cannot.
+        let edits = self.enforcer.editor.is_some()
+            && self.enforcer.mode == crate::config::RewriteMode::Edits;
+        if self.profile.action != Action::Rewrite || !edits {
             return Ok(None);
         }
         let Some(buf) = self.choices.get(&index) else {
@@ -453,10 +465,15 @@ impl Windows {
                 buf.since = Some(Instant::now());
             }
             let held_chars = window.chars().count();
+            let blank = window.trim().is_empty();
             let released = self.window(index, window).await?;
             // With x-visa-metadata, each window's report rides on the chunk that releases it
             // (or on an empty chunk when it was blocked), so a client sees decisions live.
-            let report = self.window_report(index, held_chars);
+            let report = if blank {
+                None
+            } else {
+                self.window_report(index, held_chars)
+            };
             match released {
                 Some(t) => items.push(self.template.chunk(
                     json!([{"index": index, "delta": {"content": t}, "finish_reason": null}]),
@@ -532,7 +549,7 @@ impl Windows {
 
 /// When text changed, scale completion tokens by delivered / upstream characters (the proxy
 /// cannot know the upstream's tokenizer); the totals follow.
-fn adjust_usage(usage: &mut Value, upstream_chars: usize, delivered_chars: usize) {
+pub(crate) fn adjust_usage(usage: &mut Value, upstream_chars: usize, delivered_chars: usize) {
     if upstream_chars == 0 {
         return;
     }

@@ -304,7 +304,8 @@ async fn evaluate(
                 // Nothing usable: the proxy returns the original.
                 None => (item.text.clone(), before.distance, before.cosine, 1.0),
             };
-        let (second_l2_before, second_l2) = second_distances(second, item, &before.values, &rewrite);
+        let (second_l2_before, second_l2) =
+            second_distances(second, item, &before.values, &rewrite);
         out.push(ItemResult {
             closed: closed(before.distance, l2),
             second_l2_before,
@@ -343,7 +344,8 @@ async fn evaluate_edits(
     for (item, _) in items {
         let profile = item.profile();
         let started = tokio::time::Instant::now();
-        let deadline = (budget_ms > 0).then(|| started + std::time::Duration::from_millis(budget_ms));
+        let deadline =
+            (budget_ms > 0).then(|| started + std::time::Duration::from_millis(budget_ms));
         let assessed = editor
             .assess(&profile, &item.text, None, Scope::Full)
             .await
@@ -370,7 +372,8 @@ async fn evaluate_edits(
             // No edit passed its checks: the proxy returns the original.
             _ => (item.text.clone(), before.distance, before.cosine, 1.0),
         };
-        let (second_l2_before, second_l2) = second_distances(second, item, &before.values, &rewrite);
+        let (second_l2_before, second_l2) =
+            second_distances(second, item, &before.values, &rewrite);
         out.push(ItemResult {
             closed: closed(before.distance, l2),
             second_l2_before,

@@ -52,7 +52,21 @@ impl RewriteBackend {
     ) -> Result<(String, bool), ApiError> {
         match self {
             Self::Local(engine) => {
-                let c = engine.complete(messages, sampling).await?;
+                // Never more than the local model's own `llm.max_tokens`.
+                let mut sampling = sampling;
+                sampling.max_tokens = sampling.max_tokens.min(engine.defaults.max_tokens);
+                // The prompt holds the upstream's answer: a prompt the local model refuses is
+                // the upstream's doing, not the client's.
+                let c = engine.complete(messages, sampling).await.map_err(|e| {
+                    if e.status().as_u16() == 400 {
+                        ApiError::bad_gateway(format!(
+                            "the upstream's answer cannot be rewritten by the local model: {}",
+                            e.message
+                        ))
+                    } else {
+                        e
+                    }
+                })?;
                 Ok((c.text, c.finish_reason != "length"))
             }
             Self::Remote { upstream, model } => {

@@ -90,7 +90,7 @@ fn texts_of(state: &AppState, body: &Value) -> Result<(Vec<String>, bool), ApiEr
     request_body(content = Object, description = "`{\"text\": \"...\"}` or `{\"texts\": [\"...\", ...]}`",
         example = json!({"text": "We must protect the vulnerable and treat everyone fairly."})),
     responses(
-        (status = 200, description = "A value vector per text (score in [0, 1] per value: the calibrated probability an annotator would mark the value present), the values above threshold, the 20 category scores, and timing", body = Object,
+        (status = 200, description = "A value vector per text (score in [0, 1] per value: the calibrated probability that the value is expressed; per value the maximum over the text's sentences), the values labelled present (per-category thresholds), the 20 category scores (gated), the number of sentences scored (`windows`) and each scored sentence with its byte offsets and scores (`sentences`), and timing", body = Object,
             example = json!({"object":"list","data":[{"index":0,"values":{"self_direction":0.02,"stimulation":0.01,"hedonism":0.0,"achievement":0.03,"power":0.02,"security":0.21,"conformity":0.05,"tradition":0.01,"benevolence":0.64,"universalism":0.88},"labels":["benevolence","universalism"],"windows":1}],"timing":{"queued_ms":0.1,"compute_ms":9.8,"total_ms":10.2}})),
         (status = 400, description = "Neither or both of text/texts, too many texts, or a text over models.max_text_chars (`text_too_long`)", body = crate::server::openapi::ErrorResponse),
         (status = 401, description = "No or unknown key", body = crate::server::openapi::ErrorResponse),
@@ -116,7 +116,7 @@ pub async fn detect(
                 .iter()
                 .map(|(n, p)| (n.clone(), json!(crate::values::short_f64((p * 1e4).round() / 1e4))))
                 .collect();
-            json!({"index": i, "values": d.values, "labels": d.labels, "categories": categories, "windows": d.windows})
+            json!({"index": i, "values": d.values, "labels": d.labels, "categories": categories, "windows": d.windows, "sentences": d.sentences})
         })
         .collect();
     Ok(Json(json!({
@@ -156,6 +156,18 @@ pub async fn translate(
                 k,
                 format!("unknown field '{k}'; send instruction, profile, text"),
             ));
+        }
+    }
+    let limit = state.config.models.max_text_chars;
+    for field in ["instruction", "text"] {
+        if let Some(Value::String(t)) = obj.get(field)
+            && t.chars().count() > limit
+        {
+            return Err(ApiError::invalid_request(format!(
+                "'{field}' is longer than {limit} characters"
+            ))
+            .with_param(field)
+            .with_code("text_too_long"));
         }
     }
     let instruction = match obj.get("instruction") {

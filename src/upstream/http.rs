@@ -226,6 +226,15 @@ impl HttpUpstream {
         let body = read_limited(resp, MAX_ERROR_BODY).await;
         timer.add(started.elapsed());
         match body {
+            // The upstream refused the proxy's own credentials: not the client's key, and its
+            // body may quote a fragment of the upstream key.
+            Ok(_) if status.as_u16() == 401 || status.as_u16() == 403 => {
+                ApiError::bad_gateway(format!(
+                    "upstream {} refused the proxy's credentials ({status}); check its api_key_env",
+                    self.name()
+                ))
+                .into()
+            }
             Ok(body) if is_openai_error_body(&body) => UpstreamError::Passthrough {
                 status,
                 headers,

@@ -32,12 +32,16 @@ pub fn classify_data(data: &str) -> Result<StreamEvent, ApiError> {
     }
 }
 
-/// `data: <payload>\n\n`.
+/// `data: <payload>\n\n`; a payload of several lines (JSON an upstream sent pretty-printed over
+/// several `data:` lines) gets `data: ` on every line, so the client decodes the same payload.
 pub fn encode_data(payload: &str) -> Bytes {
     let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(payload.as_bytes());
-    out.extend_from_slice(b"\n\n");
+    for line in payload.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.strip_suffix('\r').unwrap_or(line).as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
     Bytes::from(out)
 }
 
@@ -76,6 +80,11 @@ mod tests {
             b"data: {}\n\n"
         );
         assert_eq!(&encode(&Ok(StreamEvent::Done))[..], b"data: [DONE]\n\n");
+        // Every line of a multi-line payload is a data line.
+        assert_eq!(
+            &encode(&Ok(StreamEvent::Data("{\n  \"a\": 1\n}".into())))[..],
+            b"data: {\ndata:   \"a\": 1\ndata: }\n\n"
+        );
         let e = encode(&Err(ApiError::bad_gateway("boom")));
         let text = std::str::from_utf8(&e).unwrap();
         assert!(

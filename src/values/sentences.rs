@@ -220,7 +220,8 @@ mod tests {
 
     #[test]
     fn abbreviations_numbers_and_initials_do_not_end_sentences() {
-        let t = "Use tools, e.g. a hammer. Version 2.5 costs $3.50 now. J. Smith agreed. Dr. Lee came.";
+        let t =
+            "Use tools, e.g. a hammer. Version 2.5 costs $3.50 now. J. Smith agreed. Dr. Lee came.";
         assert_eq!(
             texts(t),
             vec![
@@ -267,6 +268,9 @@ mod tests {
         assert_eq!(out, "One.  2.\nThree. Four.");
         assert_eq!(splice(t, &[]), t);
         assert!(split("   \n \n").is_empty());
-        assert_eq!(texts("Ünïcode ends here。 Next."), vec!["Ünïcode ends here。 Next."]);
+        assert_eq!(
+            texts("Ünïcode ends here。 Next."),
+            vec!["Ünïcode ends here。 Next."]
+        );
     }
 }

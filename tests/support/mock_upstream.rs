@@ -223,6 +223,19 @@ fn sse(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
+/// An event whose JSON is pretty-printed over several `data:` lines (which SSE allows).
+fn sse_pretty(v: &Value) -> Bytes {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut out = String::new();
+    for line in text.lines() {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
 /// Counts a stream as cancelled when it is dropped before its end.
 struct StreamGuard {
     state: Arc<MockState>,
@@ -324,7 +337,26 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| format!("echo: {}", last_user_text(&body)));
-        return (headers, axum::Json(completion(&body, &content))).into_response();
+        let mut answer = completion(&body, &content);
+        // `content_value` replaces the content with any JSON (an array of parts, an object);
+        // `message_extra` and `choice_extra` are merged into every choice.
+        for c in answer["choices"].as_array_mut().into_iter().flatten() {
+            if let Some(v) = mock.get("content_value") {
+                c["message"]["content"] = v.clone();
+            }
+            for (field, at) in [("message_extra", Some("message")), ("choice_extra", None)] {
+                if let Some(Value::Object(extra)) = mock.get(field) {
+                    let target = match at {
+                        Some(k) => &mut c[k],
+                        None => &mut *c,
+                    };
+                    for (k, v) in extra {
+                        target[k] = v.clone();
+                    }
+                }
+            }
+        }
+        return (headers, axum::Json(answer)).into_response();
     }
 
     let pieces: Vec<String> = mock["chunks"]
@@ -346,6 +378,8 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
                 " mock.".into(),
             ]
         });
+    let pretty = mock["sse_pretty"].as_bool().unwrap_or(false);
+    let sse = move |v: &Value| if pretty { sse_pretty(v) } else { sse(v) };
     let include_usage = body["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
