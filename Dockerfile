@@ -33,6 +33,10 @@ WORKDIR /app
 COPY --from=build /src/target/release/visa-proxy /usr/local/bin/visa-proxy
 COPY --from=models /src/models ./models
 COPY config.toml ./config.toml
+# The image never accepts a published key: its demo tenant takes its key from VISA_DEMO_KEY
+# (unset: the demo tenant has no key; mount a config of your own for real tenants).
+RUN sed -i 's/^api_key_sha256 = \["80799cd2c22509aa4c3c568e1fec9476717b1d2c3172c2596374e09b01336ae6"\]$/api_key_env = "VISA_DEMO_KEY"/' config.toml \
+ && grep -q '^api_key_env = "VISA_DEMO_KEY"$' config.toml
 COPY static ./static
 COPY openapi ./openapi
 COPY assets ./assets

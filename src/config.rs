@@ -216,6 +216,14 @@ pub struct UpstreamConfig {
     /// `/readyz` does not probe this upstream when true.
     #[serde(default)]
     pub skip_readiness_check: bool,
+    /// Largest JSON answer (and model list) read from this upstream, in bytes; a larger one is
+    /// a 502.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_max_response_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -253,7 +261,16 @@ fn default_true() -> bool {
 pub struct TenantConfig {
     pub id: String,
     /// Hex SHA-256 digests of the tenant's API keys (`visa-proxy hash-key KEY` prints one).
+    #[serde(default)]
     pub api_key_sha256: Vec<String>,
+    /// Also (or instead) the key in this environment variable, read once at start; unset or
+    /// empty: no key from it (the Docker image's demo tenant takes its key this way, so an
+    /// image never accepts a published key).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// The hash of `api_key_env`'s key, filled at start.
+    #[serde(skip)]
+    pub env_key_hash: Option<[u8; 32]>,
     /// Upstreams this tenant may use; the first one answers models that no alias names.
     pub upstreams: Vec<String>,
     #[serde(default)]
@@ -318,6 +335,14 @@ impl Config {
             self.server.listen = listen;
         }
         self.admin_key = std::env::var(ENV_ADMIN_KEY).ok().filter(|k| !k.is_empty());
+        for t in &mut self.tenants {
+            t.env_key_hash = t
+                .api_key_env
+                .as_deref()
+                .and_then(|v| std::env::var(v).ok())
+                .filter(|k| !k.is_empty())
+                .map(|k| hash_key(&k));
+        }
         if let Ok(db) = std::env::var(ENV_PROFILES_DB)
             && !db.is_empty()
         {
@@ -463,11 +488,24 @@ impl Config {
             if !tenant_ids.insert(t.id.as_str()) {
                 return Err(config_err(at("id"), format!("duplicate tenant {:?}", t.id)));
             }
-            if t.api_key_sha256.is_empty() {
+            if t.api_key_sha256.is_empty() && t.api_key_env.is_none() {
                 return Err(config_err(
                     at("api_key_sha256"),
-                    "at least one key hash is needed",
+                    "at least one key hash (or api_key_env) is needed",
                 ));
+            }
+            if let Some(h) = t.env_key_hash {
+                if self.admin_key.as_deref().map(hash_key) == Some(h) {
+                    return Err(config_err(
+                        at("api_key_env"),
+                        format!(
+                            "{ENV_ADMIN_KEY} is this tenant's key: an admin key must be a key of its own"
+                        ),
+                    ));
+                }
+                if !key_hashes.insert(h) {
+                    return Err(config_err(at("api_key_env"), "this key is already used"));
+                }
             }
             for (k, h) in t.api_key_sha256.iter().enumerate() {
                 let field = format!("tenants[{i}].api_key_sha256[{k}]");

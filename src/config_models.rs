@@ -296,6 +296,9 @@ pub struct EnforceConfig {
     /// (a profile's `max_added_ms` overrides it; 0: no limit). When it runs out, the best
     /// result that passes the shield by then is returned, else the fallback.
     pub max_added_ms: u64,
+    /// Streams in `buffer` mode hold at most this many characters of an answer; beyond it the
+    /// stream fails with a 502 rather than holding without bound.
+    pub max_buffer_chars: usize,
 }
 
 impl Default for EnforceConfig {
@@ -305,6 +308,7 @@ impl Default for EnforceConfig {
             window_chars: 160,
             max_window_chars: 600,
             max_added_ms: 10_000,
+            max_buffer_chars: 1_000_000,
         }
     }
 }
@@ -313,6 +317,9 @@ impl EnforceConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.first_window_chars == 0 || self.window_chars == 0 {
             return Err(config_err("enforce.window_chars", "must be above 0"));
+        }
+        if self.max_buffer_chars == 0 {
+            return Err(config_err("enforce.max_buffer_chars", "must be above 0"));
         }
         if self.max_window_chars < 16 {
             return Err(config_err(

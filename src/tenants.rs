@@ -158,6 +158,9 @@ impl TenantRegistry {
                 })?;
                 registry.by_key.insert(digest, tenant.clone());
             }
+            if let Some(digest) = t.env_key_hash {
+                registry.by_key.insert(digest, tenant.clone());
+            }
             registry.by_id.insert(t.id.clone(), tenant);
         }
         Ok(registry)

@@ -219,6 +219,7 @@ async fn one_sentence_is_edited_and_the_others_come_back_byte_identical() {
     // The edit is counted in /metrics.
     let metrics = client()
         .get(proxy.url("/metrics"))
+        .bearer_auth(ADMIN)
         .send()
         .await
         .unwrap()
@@ -562,4 +563,92 @@ async fn nothing_of_a_blocked_or_rewritten_answer_leaks_through_other_fields() {
         (7.0 * text.chars().count() as f64 / original.chars().count() as f64).round() as u64;
     assert_eq!(v["usage"]["completion_tokens"], expected, "{v}");
     assert_eq!(v["usage"]["total_tokens"], 5 + expected, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_choice_ends_on_its_own_and_the_usage_still_comes() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let mut profile = keep_low(&proxy, "power", BOSS, &[NEUTRAL_1, NEUTRAL_3]).await;
+    profile["action"] = json!("block");
+    set_profile(&proxy, profile).await;
+    let words = |t: &str| -> Vec<String> { t.split_inclusive(' ').map(str::to_owned).collect() };
+    // Choice 0 turns off-profile in its second sentence; choice 1 stays neutral.
+    let first = words(&format!("{NEUTRAL_1} {BOSS} {NEUTRAL_3}"));
+    let second = words(&format!("{NEUTRAL_3} {NEUTRAL_1}"));
+    let r = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth("sk-acme")
+        .json(
+            &json!({"model": "m", "stream": true, "n": 2, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "How?"}],
+                      "mock": {"chunks": first, "second_chunks": second}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let raw = r.text().await.unwrap();
+    let mut text = [String::new(), String::new()];
+    let mut finish: Vec<(u64, String)> = Vec::new();
+    let mut usage = None;
+    for line in raw.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        for c in v["choices"].as_array().unwrap_or(&vec![]) {
+            let i = c["index"].as_u64().unwrap();
+            if let Some(t) = c["delta"]["content"].as_str() {
+                text[i as usize].push_str(t);
+            }
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish.push((i, f.to_owned()));
+            }
+        }
+        if !v["usage"].is_null() {
+            usage = Some(v["usage"].clone());
+        }
+    }
+    assert!(!raw.contains("Gain power"), "leaked: {raw}");
+    assert!(
+        !text[0].contains(NEUTRAL_3),
+        "choice 0 went on after its block: {}",
+        text[0]
+    );
+    assert_eq!(text[1], format!("{NEUTRAL_3} {NEUTRAL_1}"), "{raw}");
+    finish.sort();
+    assert_eq!(
+        finish,
+        vec![(0, "content_filter".into()), (1, "stop".into())],
+        "{raw}"
+    );
+    assert!(usage.is_some(), "no usage chunk: {raw}");
+    assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_long_to_check_is_never_passed_as_checked() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(
+        &config(&mock, "", "\n[models]\nmax_text_chars = 200\n"),
+        &[("VISA_ADMIN_KEY", ADMIN)],
+    );
+    let long = long_answer();
+    assert!(long.chars().count() > 200);
+    let profile = json!({"values": {"power": {"target": 0.1}}, "action": "rewrite"});
+    set_profile(&proxy, profile.clone()).await;
+    let (status, _, v) = chat(&proxy, answer_body(&long)).await;
+    assert_eq!(status, 502, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_answer_too_large", "{v}");
+    // Audit never fails a request: the answer passes as it came.
+    let mut audit = profile;
+    audit["action"] = json!("audit");
+    set_profile(&proxy, audit).await;
+    let (status, h, v) = chat(&proxy, answer_body(&long)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(h["x-visa-action"], "passed", "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], long);
 }

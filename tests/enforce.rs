@@ -213,6 +213,7 @@ fn json_body(n: u32) -> Value {
 async fn metric(proxy: &Proxy, name: &str, labels: &str) -> f64 {
     let text = client()
         .get(proxy.url("/metrics"))
+        .bearer_auth(ADMIN)
         .send()
         .await
         .unwrap()

@@ -603,6 +603,38 @@ async fn upstream_errors_pass_through_or_become_502() {
 }
 
 #[tokio::test]
+async fn an_upstream_answer_over_its_size_cap_is_a_502() {
+    let mock = MockUpstream::start().await;
+    let text = config(&mock, "").replacen(
+        "api_key_env = \"VISA_TEST_UPSTREAM_KEY\"",
+        "api_key_env = \"VISA_TEST_UPSTREAM_KEY\"\nmax_response_bytes = 2048",
+        1,
+    );
+    let proxy = Proxy::start(
+        &text,
+        &[
+            ("VISA_TEST_UPSTREAM_KEY", UPSTREAM_KEY),
+            ("VISA_ADMIN_KEY", ADMIN_KEY),
+        ],
+    );
+    let small = post_chat(
+        &proxy,
+        "sk-acme",
+        chat_body(json!({"mock": {"content": "short"}})),
+    )
+    .await;
+    assert_eq!(small.status(), 200);
+    let big = post_chat(
+        &proxy,
+        "sk-acme",
+        chat_body(json!({"mock": {"content": "x".repeat(4000)}})),
+    )
+    .await;
+    let e = assert_error(big, 502, "upstream_answer_too_large").await;
+    assert!(e["message"].as_str().unwrap().contains("2048"), "{e}");
+}
+
+#[tokio::test]
 async fn multi_line_stream_events_are_re_encoded_line_by_line() {
     let (_mock, proxy) = setup().await;
     let resp = post_chat(
@@ -821,11 +853,30 @@ async fn health_readiness_and_metrics() {
         c.get(proxy.url("/healthz")).send().await.unwrap().status(),
         200
     );
+    // Anonymous callers learn the status only; the admin key gets each upstream's outcome.
     let ready = c.get(proxy.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let v: Value = ready.json().await.unwrap();
+    assert_eq!(v, json!({"status": "ready"}));
+    let ready = c
+        .get(proxy.url("/readyz"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = ready.json().await.unwrap();
     assert_eq!(v["upstreams"]["mock"], "ok");
     assert_eq!(v["upstreams"]["down"], "skipped");
+    // Metrics name every tenant: no key or a tenant's key is refused.
+    let m = c.get(proxy.url("/metrics")).send().await.unwrap();
+    assert_error(m, 401, "invalid_api_key").await;
+    let m = c
+        .get(proxy.url("/metrics"))
+        .bearer_auth("sk-acme")
+        .send()
+        .await
+        .unwrap();
+    assert_error(m, 403, "forbidden").await;
 
     assert_eq!(
         post_chat(&proxy, "sk-acme", chat_body(json!({})))
@@ -840,6 +891,7 @@ async fn health_readiness_and_metrics() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let text = c
         .get(proxy.url("/metrics"))
+        .bearer_auth(ADMIN_KEY)
         .send()
         .await
         .unwrap()
@@ -879,8 +931,19 @@ async fn readiness_fails_when_an_upstream_is_down() {
         "skip_readiness_check = true",
         "skip_readiness_check = false",
     );
-    let proxy = Proxy::start(&text, &[("VISA_TEST_UPSTREAM_KEY", UPSTREAM_KEY)]);
-    let resp = client().get(proxy.url("/readyz")).send().await.unwrap();
+    let proxy = Proxy::start(
+        &text,
+        &[
+            ("VISA_TEST_UPSTREAM_KEY", UPSTREAM_KEY),
+            ("VISA_ADMIN_KEY", ADMIN_KEY),
+        ],
+    );
+    let resp = client()
+        .get(proxy.url("/readyz"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 503);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["status"], "not_ready");
@@ -1048,6 +1111,54 @@ fn shipped_config_is_valid() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Docker image rewrites the demo tenant's published key hash into `api_key_env`: the
+/// line it rewrites must be in the shipped config, and a tenant keyed by an environment
+/// variable answers only to that key.
+#[tokio::test]
+async fn a_tenant_key_from_the_environment_and_the_images_demo_tenant() {
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+    let line = format!("api_key_sha256 = [\"{}\"]", key_hash("sk-visa-demo"));
+    assert!(
+        shipped.lines().any(|l| l == line),
+        "config.toml lost the demo key line"
+    );
+    assert!(
+        dockerfile.contains(&line.replace('[', "\\[").replace(']', "\\]")),
+        "the Dockerfile no longer rewrites it"
+    );
+
+    let mock = MockUpstream::start().await;
+    let text = format!(
+        "[models]\nenabled = false\n[llm]\nenabled = false\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{}\"\n\n[[tenants]]\nid = \"demo\"\napi_key_env = \"VISA_TEST_DEMO_KEY\"\nupstreams = [\"mock\"]\n",
+        mock.base_url()
+    );
+    let proxy = Proxy::start(&text, &[("VISA_TEST_DEMO_KEY", "sk-from-env")]);
+    assert_eq!(
+        post_chat(&proxy, "sk-from-env", chat_body(json!({})))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        post_chat(&proxy, "sk-visa-demo", chat_body(json!({})))
+            .await
+            .status(),
+        401
+    );
+    drop(proxy);
+    // Unset: the tenant has no key at all.
+    let proxy = Proxy::start(&text, &[]);
+    assert_eq!(
+        post_chat(&proxy, "sk-from-env", chat_body(json!({})))
+            .await
+            .status(),
+        401
     );
 }
 

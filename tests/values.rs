@@ -918,6 +918,7 @@ async fn full_encoder_queue_answers_429() {
     assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
     let metrics = c()
         .get(p.url("/metrics"))
+        .bearer_auth(ADMIN)
         .send()
         .await
         .unwrap()

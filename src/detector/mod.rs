@@ -167,6 +167,9 @@ impl Head {
     }
 }
 
+/// Most sentences in one encoder job (a long text is scored in several).
+pub const JOB_SENTENCES: usize = 32;
+
 /// Sentences with fewer words than this carry no value score (headings, "Here's how:").
 pub const MIN_SCORED_WORDS: usize = 3;
 
@@ -324,11 +327,17 @@ impl Detector {
             .zip(texts)
             .flat_map(|(u, t)| u.iter().map(|s| s.body(t).to_owned()))
             .collect();
-        let embedded = if flat.is_empty() {
-            crate::models::service::Embedded::default()
-        } else {
-            self.encoder.embed(flat).await?
-        };
+        // Jobs of at most JOB_SENTENCES sentences, one after another, so that a long answer
+        // does not hold the one encoder thread while other requests wait behind it.
+        let mut embedded = crate::models::service::Embedded::default();
+        let mut flat = flat.into_iter().peekable();
+        while flat.peek().is_some() {
+            let job: Vec<String> = flat.by_ref().take(JOB_SENTENCES).collect();
+            let e = self.encoder.embed(job).await?;
+            embedded.vectors.extend(e.vectors);
+            embedded.queued += e.queued;
+            embedded.compute += e.compute;
+        }
         let mut vectors = embedded.vectors.into_iter();
         let detections = per_text
             .iter()

@@ -128,6 +128,8 @@ pub struct Enforcer {
     pub editor: Option<Arc<Editor>>,
     pub mode: RewriteMode,
     pub config: EnforceConfig,
+    /// Longest text the value models check (`models.max_text_chars`).
+    pub max_text_chars: usize,
     pub metrics: Arc<Metrics>,
 }
 
@@ -196,6 +198,16 @@ impl Enforcer {
         text: &str,
         how: Decide<'_>,
     ) -> Result<Outcome, ApiError> {
+        let chars = text.chars().count();
+        if chars > self.max_text_chars {
+            // Too long to check: never passed as checked (audit, which never fails a request,
+            // logs it and passes).
+            return Err(ApiError::bad_gateway(format!(
+                "the upstream's answer has {chars} characters, more than the {} the value models check (models.max_text_chars)",
+                self.max_text_chars
+            ))
+            .with_code("upstream_answer_too_large"));
+        }
         match (&self.editor, self.mode) {
             (Some(editor), RewriteMode::Edits) => {
                 self.decide_edits(editor, tenant, profile, index, text, how)

@@ -254,6 +254,8 @@ struct ChoiceBuf {
     released_values: Option<ValueVector>,
     windows: usize,
     finished: bool,
+    /// A window of it was blocked: it is finished, and nothing more of it is sent.
+    blocked: bool,
 }
 
 struct Windows {
@@ -490,33 +492,36 @@ impl Windows {
         Ok((items, false))
     }
 
-    /// [`Windows::release`], and the stream's end when a window was blocked (every choice
-    /// finished with `content_filter`, then the tail) or the check failed (an error event).
-    /// `true`: nothing may follow.
+    /// [`Windows::release`]; a blocked window ends its own choice with `content_filter` (the
+    /// other choices go on, and the usage still comes at the end), a failed check ends the
+    /// stream with an error event. `true`: nothing may follow.
     async fn release_or_end(&mut self, index: usize, all: bool) -> (Vec<Item>, bool) {
         match self.release(index, all).await {
             Ok((items, false)) => (items, false),
             Ok((mut items, true)) => {
-                items.extend(self.end_blocked());
-                items.extend(self.tail());
-                (items, true)
+                items.extend(self.end_blocked(index));
+                (items, false)
             }
             Err(e) => (vec![Err(e)], true),
         }
     }
 
-    /// After a block: end every choice with `content_filter`.
-    fn end_blocked(&mut self) -> Vec<Item> {
+    /// After a block: end that choice with `content_filter`; whatever the upstream still sends
+    /// for it is dropped.
+    fn end_blocked(&mut self, index: usize) -> Vec<Item> {
         let reason = Value::String("content_filter".into());
-        let mut items = Vec::new();
-        for (index, buf) in self.choices.iter_mut() {
-            if !buf.finished {
-                buf.finished = true;
-                buf.held.clear();
-                items.push(self.template.finish(*index, &reason));
-            }
+        let buf = self.choices.entry(index).or_default();
+        buf.held.clear();
+        buf.blocked = true;
+        if buf.finished {
+            return Vec::new();
         }
-        items
+        buf.finished = true;
+        vec![self.template.finish(index, &reason)]
+    }
+
+    fn is_blocked(&self, index: usize) -> bool {
+        self.choices.get(&index).is_some_and(|b| b.blocked)
     }
 
     /// The `visa` chunk, the usage chunk and `[DONE]`.
@@ -584,6 +589,8 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
             state.template.learn(&data);
             for piece in pieces(&data) {
                 match piece {
+                    Piece::Content { index, .. } | Piece::Other { index, .. } | Piece::Finish { index, .. }
+                        if state.is_blocked(index) => {}
                     Piece::Content { index, text } => {
                         let buf = state.choices.entry(index).or_default();
                         if buf.since.is_none() {
@@ -626,7 +633,7 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
             }
         }
         // The upstream ended: check what is still held.
-        let open: Vec<usize> = state.choices.iter().filter(|(_, b)| !b.finished).map(|(i, _)| *i).collect();
+        let open: Vec<usize> = state.choices.iter().filter(|(_, b)| !b.finished && !b.blocked).map(|(i, _)| *i).collect();
         for index in open {
             let (items, stop) = state.release_or_end(index, true).await;
             for it in items { yield it; }
@@ -650,6 +657,8 @@ async fn buffer(
     let mut texts: BTreeMap<usize, String> = BTreeMap::new();
     let mut others: Vec<Item> = Vec::new();
     let mut finishes: BTreeMap<usize, Value> = BTreeMap::new();
+    let limit = state.enforcer.config.max_buffer_chars;
+    let mut held = 0usize;
     while let Some(item) = upstream.next().await {
         let data = match item? {
             StreamEvent::Data(d) => d,
@@ -658,7 +667,16 @@ async fn buffer(
         state.template.learn(&data);
         for piece in pieces(&data) {
             match piece {
-                Piece::Content { index, text } => texts.entry(index).or_default().push_str(&text),
+                Piece::Content { index, text } => {
+                    held += text.chars().count();
+                    if held > limit {
+                        return Err(ApiError::bad_gateway(format!(
+                            "the upstream's answer is longer than the {limit} characters buffer mode holds (enforce.max_buffer_chars)"
+                        ))
+                        .with_code("upstream_answer_too_large"));
+                    }
+                    texts.entry(index).or_default().push_str(&text)
+                }
                 Piece::Other { index, delta } => others.push(state.template.chunk(
                     json!([{"index": index, "delta": delta, "finish_reason": null}]),
                     None,

@@ -32,6 +32,11 @@ pub enum Caller {
     Tenant(std::sync::Arc<crate::tenants::Tenant>),
 }
 
+/// Whether the request carries the admin key.
+pub fn is_admin(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    matches!((state.admin_key_hash, bearer(headers)), (Some(expected), Some(key)) if hash_key(key) == expected)
+}
+
 /// Routes open to the admin key and to tenant keys (tenants under their limits).
 pub async fn any_auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     if let (Some(expected), Some(key)) = (state.admin_key_hash, bearer(req.headers()))

@@ -1,5 +1,6 @@
-//! Open routes for operators: liveness, readiness (upstreams reachable), Prometheus metrics,
-//! and the landing page.
+//! Routes for operators: liveness and readiness (open; readiness in detail only for the admin
+//! key, probed at most every few seconds), Prometheus metrics (the admin key), and the landing
+//! page.
 
 use axum::Json;
 use axum::extract::State;
@@ -9,6 +10,9 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 
+/// How long a readiness probe of the upstreams is reused.
+pub const READY_CACHE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process is alive", body = Object, example = json!({"status":"ok"}))))]
 pub async fn healthz() -> Json<Value> {
@@ -17,12 +21,46 @@ pub async fn healthz() -> Json<Value> {
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "Configuration loaded and every upstream reachable (or its check skipped)", body = Object,
+        (status = 200, description = "Configuration loaded and every upstream reachable (or its check skipped). Anonymous callers get the status only; with the admin key, each upstream's outcome. Probes are reused for 5 s.", body = Object,
             example = json!({"status":"ready","upstreams":{"openai":"ok","local-vllm":"skipped"}})),
         (status = 503, description = "Some upstream cannot be reached", body = Object,
             example = json!({"status":"not_ready","upstreams":{"openai":"unreachable: connection refused"}})),
     ))]
-pub async fn readyz(State(state): State<AppState>) -> Response {
+pub async fn readyz(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let (ready, upstreams) = {
+        let cached = state
+            .ready_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .filter(|(at, _, _)| at.elapsed() < READY_CACHE);
+        match cached {
+            Some((_, ready, upstreams)) => (ready, upstreams),
+            None => {
+                let (ready, upstreams) = probe_all(&state).await;
+                if let Ok(mut c) = state.ready_cache.lock() {
+                    *c = Some((std::time::Instant::now(), ready, upstreams.clone()));
+                }
+                (ready, upstreams)
+            }
+        }
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = if ready { "ready" } else { "not_ready" };
+    let body = if super::auth::is_admin(&state, &headers) {
+        json!({"status": word, "upstreams": upstreams})
+    } else {
+        json!({"status": word})
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Probe every upstream (with its key): ready, and each one's outcome in words.
+async fn probe_all(state: &AppState) -> (bool, Map<String, Value>) {
     let checks =
         futures_util::future::join_all(state.upstreams.all().into_iter().map(|u| async move {
             let outcome = if u.config().skip_readiness_check {
@@ -45,17 +83,16 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         };
         upstreams.insert(name, Value::String(text));
     }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({"status": if ready { "ready" } else { "not_ready" }, "upstreams": upstreams});
-    (status, Json(body)).into_response()
+    (ready, upstreams)
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
+    responses(
+        (status = 200, description = "Prometheus text exposition (it names every tenant, so it needs the admin key)", content_type = "text/plain", body = String),
+        (status = 401, description = "No admin key, or a wrong one", body = crate::server::openapi::ErrorResponse),
+        (status = 403, description = "A tenant key", body = crate::server::openapi::ErrorResponse),
+    ),
+    security(("admin" = [])))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(

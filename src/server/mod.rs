@@ -64,7 +64,16 @@ pub struct AppState {
     pub enforcer: Arc<Enforcer>,
     /// When the state was built (the proxy's uptime in `/v1/stats`).
     pub started: std::time::Instant,
+    /// The last readiness probe: when, ready, each upstream's outcome.
+    pub ready_cache: Arc<std::sync::Mutex<Option<ReadyProbe>>>,
 }
+
+/// A readiness probe's time, verdict and per-upstream outcomes.
+pub type ReadyProbe = (
+    std::time::Instant,
+    bool,
+    serde_json::Map<String, serde_json::Value>,
+);
 
 /// The encoder service and what is built on it.
 pub struct ValueModels {
@@ -240,6 +249,7 @@ impl AppState {
             editor,
             mode: config.rewriter.mode,
             config: config.enforce.clone(),
+            max_text_chars: config.models.max_text_chars,
             metrics: metrics.clone(),
         });
         Ok(Self {
@@ -255,6 +265,7 @@ impl AppState {
             metrics,
             admin_key_hash,
             started: std::time::Instant::now(),
+            ready_cache: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 }

@@ -65,6 +65,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route(TENANT_PROFILE_HISTORY, get(profiles::admin_history))
         .route_layer(from_fn_with_state(state.clone(), auth::admin_auth));
+    // Metrics name every tenant: the admin key (Prometheus sends it as a bearer token).
+    let metrics = Router::new()
+        .route(METRICS, get(health::metrics))
+        .route_layer(from_fn_with_state(state.clone(), auth::admin_auth));
     // Everything under /v1 counts against the global concurrency limit.
     let api = tenant_routes
         .merge(admin_routes)
@@ -74,14 +78,13 @@ pub fn router(state: AppState) -> Router {
     let open = Router::new()
         .route(HEALTHZ, get(health::healthz))
         .route(READYZ, get(health::readyz))
-        .route(METRICS, get(health::metrics))
         .route(OPENAPI, get(openapi::openapi_json));
     // The web console, with its security headers.
     let console = Router::new()
         .route("/", get(health::index))
         .nest_service("/static", ServeDir::new(&state.config.server.static_dir))
         .layer(axum::middleware::map_response(console_headers));
-    let open = open.merge(console);
+    let open = open.merge(console).merge(metrics);
 
     open.merge(api)
         .fallback(not_found)

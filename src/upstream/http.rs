@@ -266,19 +266,23 @@ impl HttpUpstream {
         let status = resp.status();
         let headers = super::headers::pass_back(resp.headers());
         let started = Instant::now();
-        let body = resp.bytes().await;
+        let limit = self.config.max_response_bytes;
+        let body = read_capped(resp, limit).await;
         call.timer.add(started.elapsed());
-        let body = body.map_err(|e| {
-            if e.is_timeout() {
-                self.timeout_error(false)
-            } else {
-                ApiError::bad_gateway(format!(
-                    "upstream {} broke off its answer: {}",
-                    self.name(),
-                    error_chain(&e)
-                ))
-                .into()
-            }
+        let body = body.map_err(|e| match e {
+            Capped::TooLarge => ApiError::bad_gateway(format!(
+                "upstream {} answered with more than {limit} bytes (max_response_bytes)",
+                self.name()
+            ))
+            .with_code("upstream_answer_too_large")
+            .into(),
+            Capped::Failed(e) if e.is_timeout() => self.timeout_error(false),
+            Capped::Failed(e) => ApiError::bad_gateway(format!(
+                "upstream {} broke off its answer: {}",
+                self.name(),
+                error_chain(&e)
+            ))
+            .into(),
         })?;
         if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
             let snippet: String = String::from_utf8_lossy(&body).chars().take(200).collect();
@@ -414,7 +418,12 @@ impl HttpUpstream {
         if !resp.status().is_success() {
             return Err(format!("GET /models answered {}", resp.status()));
         }
-        let bytes = resp.bytes().await.map_err(|e| error_chain(&e))?;
+        let bytes = read_capped(resp, self.config.max_response_bytes)
+            .await
+            .map_err(|e| match e {
+                Capped::TooLarge => "GET /models answered with more than max_response_bytes".into(),
+                Capped::Failed(e) => error_chain(&e),
+            })?;
         let body: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| format!("GET /models: {e}"))?;
         match body.get("data").and_then(|d| d.as_array()) {
@@ -434,6 +443,26 @@ impl HttpUpstream {
         }
         req.send().await.map(|_| ()).map_err(|e| error_chain(&e))
     }
+}
+
+enum Capped {
+    TooLarge,
+    Failed(reqwest::Error),
+}
+
+/// The whole body, or `TooLarge` as soon as it passes `limit` bytes (never holding more).
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, Capped> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Capped::TooLarge);
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(Capped::Failed)? {
+        if buf.len() + chunk.len() > limit {
+            return Err(Capped::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Read at most `limit` bytes of a body.

@@ -379,6 +379,14 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
             ]
         });
     let pretty = mock["sse_pretty"].as_bool().unwrap_or(false);
+    let second: Vec<String> = mock["second_chunks"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
     let sse = move |v: &Value| if pretty { sse_pretty(v) } else { sse(v) };
     let include_usage = body["stream_options"]["include_usage"]
         .as_bool()
@@ -405,8 +413,19 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
             yield Ok(sse(&chunk(&body, json!({"content": p}), None)));
+            // A second choice (`mock.second_chunks`), interleaved with the first.
+            if let Some(q) = second.get(i) {
+                let mut c = chunk(&body, json!({"content": q}), None);
+                c["choices"][0]["index"] = json!(1);
+                yield Ok(sse(&c));
+            }
         }
         yield Ok(sse(&chunk(&body, json!({}), Some("stop"))));
+        if !second.is_empty() {
+            let mut c = chunk(&body, json!({}), Some("stop"));
+            c["choices"][0]["index"] = json!(1);
+            yield Ok(sse(&c));
+        }
         if include_usage {
             yield Ok(sse(&json!({
                 "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
