@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with the Python packages the tests use (the official openai SDK) and,
+# Creates .venv with the Python packages the tests use (the official openai SDK, schemathesis
+# for the API fuzz run) and,
 # unless --no-lint, hadolint for the Dockerfile. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -652,3 +652,390 @@ async fn an_answer_too_long_to_check_is_never_passed_as_checked() {
     assert_eq!(h["x-visa-action"], "passed", "{v}");
     assert_eq!(v["choices"][0]["message"]["content"], long);
 }
+
+/// One stream chunk of the mock's `events` for choice `index`.
+fn delta_chunk(index: u64, delta: Value) -> Value {
+    json!({"id": "chatcmpl-ev", "object": "chat.completion.chunk", "created": 1,
+           "model": "m", "service_tier": "default",
+           "choices": [{"index": index, "delta": delta, "finish_reason": null}]})
+}
+
+/// Content chunks, one a word, each with the log-probability of its one token.
+fn content_chunks(index: u64, text: &str) -> Vec<Value> {
+    text.split_inclusive(' ')
+        .map(|w| {
+            let mut c = delta_chunk(index, json!({"content": w}));
+            c["choices"][0]["logprobs"] =
+                json!({"content": [{"token": w, "logprob": -0.5, "top_logprobs": []}], "refusal": null});
+            c["choices"][0]["content_filter_results"] = json!({"hate": {"filtered": false}});
+            c
+        })
+        .collect()
+}
+
+fn field_chunks(index: u64, field: &str, text: &str) -> Vec<Value> {
+    text.split_inclusive(' ')
+        .map(|w| delta_chunk(index, json!({ field: w })))
+        .collect()
+}
+
+fn finish_chunk(index: u64) -> Value {
+    let mut c = delta_chunk(index, json!({}));
+    c["choices"][0]["finish_reason"] = json!("stop");
+    c
+}
+
+/// The data events of a stream, in order.
+fn data_events(raw: &str) -> Vec<Value> {
+    raw.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+/// Per choice, each field of its deltas joined, and the finish reasons, from a stream.
+struct Seen {
+    text: std::collections::BTreeMap<(u64, String), String>,
+    tokens: std::collections::BTreeMap<u64, String>,
+    finish: Vec<(u64, String)>,
+    /// (choice, the first key of each delta) in order.
+    order: Vec<(u64, String)>,
+    usage: Option<Value>,
+}
+
+fn seen(raw: &str) -> Seen {
+    let mut s = Seen {
+        text: Default::default(),
+        tokens: Default::default(),
+        finish: Vec::new(),
+        order: Vec::new(),
+        usage: None,
+    };
+    for v in data_events(raw) {
+        for c in v["choices"].as_array().unwrap_or(&vec![]) {
+            let i = c["index"].as_u64().unwrap();
+            for (k, d) in c["delta"].as_object().unwrap() {
+                s.order.push((i, k.clone()));
+                let piece = match d {
+                    Value::String(t) => t.clone(),
+                    other => other.to_string(),
+                };
+                s.text.entry((i, k.clone())).or_default().push_str(&piece);
+            }
+            for t in c["logprobs"]["content"].as_array().into_iter().flatten() {
+                s.tokens
+                    .entry(i)
+                    .or_default()
+                    .push_str(t["token"].as_str().unwrap());
+            }
+            if let Some(f) = c["finish_reason"].as_str() {
+                s.finish.push((i, f.to_owned()));
+            }
+        }
+        if !v["usage"].is_null() {
+            s.usage = Some(v["usage"].clone());
+        }
+    }
+    s.finish.sort();
+    s
+}
+
+async fn stream_raw(proxy: &Proxy, n: u64, mock: Value) -> (reqwest::header::HeaderMap, String) {
+    let r = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth("sk-acme")
+        .json(&json!({"model": "m", "stream": true, "n": n,
+                      "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "How?"}], "mock": mock}))
+        .send()
+        .await
+        .unwrap();
+    let headers = r.headers().clone();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    (headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_sends_nothing_unchecked_in_any_field() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let mut profile = keep_low(&proxy, "power", BOSS, &[NEUTRAL_1, NEUTRAL_3]).await;
+    profile["action"] = json!("block");
+    set_profile(&proxy, profile).await;
+    let mut events = Vec::new();
+    for i in 0..4 {
+        events.push(delta_chunk(i, json!({"role": "assistant"})));
+    }
+    // Choice 0: reasoning that turns off-profile, content with token log-probabilities that
+    // does too in its second window, a tool call between the two.
+    events.extend(field_chunks(
+        0,
+        "reasoning_content",
+        &format!("{NEUTRAL_3} {BOSS}"),
+    ));
+    events.extend(content_chunks(0, &format!("{NEUTRAL_1} ")));
+    events.push(delta_chunk(0, json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                       "function": {"name": "f", "arguments": "{}"}}]})));
+    events.extend(content_chunks(0, BOSS));
+    // Choice 1: a field the proxy does not know, then an off-profile refusal.
+    events.push(delta_chunk(1, json!({"annotations": BOSS})));
+    events.extend(field_chunks(1, "refusal", BOSS));
+    // Choices 2 and 3: audio, with a neutral and an off-profile transcript.
+    events.push(delta_chunk(
+        2,
+        json!({"audio": {"id": "a2", "data": "QUFB", "transcript": NEUTRAL_3}}),
+    ));
+    events.push(delta_chunk(
+        3,
+        json!({"audio": {"id": "a3", "data": "QkJC", "transcript": BOSS}}),
+    ));
+    // A chunk of an unknown shape.
+    events.push(json!({"text": BOSS}));
+    for i in 0..4 {
+        events.push(finish_chunk(i));
+    }
+    events.push(
+        json!({"id": "chatcmpl-ev", "object": "chat.completion.chunk", "created": 1,
+                       "model": "m", "choices": [],
+                       "usage": {"prompt_tokens": 5, "completion_tokens": 40, "total_tokens": 45}}),
+    );
+    let (_, raw) = stream_raw(&proxy, 4, json!({"events": events})).await;
+    for leak in ["Gain", "power", "everyone", "QkJC"] {
+        assert!(!raw.contains(leak), "leaked {leak:?}: {raw}");
+    }
+    let s = seen(&raw);
+    let text = |i: u64, k: &str| s.text.get(&(i, k.to_owned())).cloned().unwrap_or_default();
+    assert_eq!(
+        text(0, "reasoning_content"),
+        format!("{NEUTRAL_3} "),
+        "{raw}"
+    );
+    assert_eq!(text(0, "content"), format!("{NEUTRAL_1} "), "{raw}");
+    // The tokens that went out spell exactly the text that went out.
+    assert_eq!(
+        s.tokens.get(&0).cloned().unwrap_or_default(),
+        text(0, "content")
+    );
+    let pos = |i: u64, k: &str| s.order.iter().position(|o| *o == (i, k.to_owned()));
+    assert!(
+        pos(0, "tool_calls").unwrap() > pos(0, "content").unwrap(),
+        "{raw}"
+    );
+    assert!(
+        text(1, "refusal").is_empty() && text(1, "annotations").is_empty(),
+        "{raw}"
+    );
+    assert!(text(2, "audio").contains("QUFB"), "{raw}");
+    assert_eq!(
+        s.finish,
+        vec![
+            (0, "content_filter".into()),
+            (1, "content_filter".into()),
+            (2, "stop".into()),
+            (3, "content_filter".into())
+        ],
+        "{raw}"
+    );
+    assert!(s.usage.is_some(), "{raw}");
+    // The proxy's chunks keep the upstream's fields (here its service tier) and each
+    // choice's own (content filter results).
+    let built = data_events(&raw)
+        .into_iter()
+        .find(|v| v["choices"][0]["delta"]["content"].is_string())
+        .unwrap();
+    assert_eq!(built["service_tier"], "default", "{built}");
+    assert!(
+        built["choices"][0]["content_filter_results"].is_object(),
+        "{built}"
+    );
+    assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_stream_keeps_the_upstreams_event_order() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let mut profile = keep_low(&proxy, "power", BOSS, &[NEUTRAL_1, NEUTRAL_3]).await;
+    profile["action"] = json!("block");
+    profile["stream_mode"] = json!("buffer");
+    set_profile(&proxy, profile).await;
+    let mut events = vec![
+        json!({"id": "chatcmpl-ev", "object": "chat.completion.chunk", "created": 1,
+                                 "model": "m", "choices": [], "prompt_filter_results": [{"prompt_index": 0}]}),
+    ];
+    events.push(delta_chunk(0, json!({"role": "assistant"})));
+    events.extend(content_chunks(0, &format!("{NEUTRAL_1} ")));
+    events.push(delta_chunk(0, json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                       "function": {"name": "f", "arguments": "{}"}}]})));
+    events.extend(content_chunks(0, NEUTRAL_3));
+    events.extend(field_chunks(1, "reasoning_content", BOSS));
+    events.extend(content_chunks(1, NEUTRAL_3));
+    events.push(finish_chunk(0));
+    events.push(finish_chunk(1));
+    let (h, raw) = stream_raw(&proxy, 2, json!({"events": events})).await;
+    assert_eq!(h["x-visa-stream-mode"], "buffer");
+    assert_eq!(h["x-visa-action"], "passed", "{raw}");
+    assert!(!raw.contains("Gain"), "leaked: {raw}");
+    let all = data_events(&raw);
+    assert!(all[0]["prompt_filter_results"].is_array(), "{raw}");
+    let s = seen(&raw);
+    let answer = format!("{NEUTRAL_1} {NEUTRAL_3}");
+    assert_eq!(s.text[&(0, "content".to_owned())], answer);
+    assert_eq!(s.tokens[&0], answer);
+    // Choice 0 comes back chunk for chunk, the tool call where it was.
+    let order: Vec<&str> = s
+        .order
+        .iter()
+        .filter(|(i, _)| *i == 0)
+        .map(|(_, k)| k.as_str())
+        .collect();
+    let words = |t: &str| t.split_inclusive(' ').count();
+    let mut expected = vec!["role"];
+    expected.extend(std::iter::repeat_n(
+        "content",
+        words(&format!("{NEUTRAL_1} ")),
+    ));
+    expected.push("tool_calls");
+    expected.extend(std::iter::repeat_n("content", words(NEUTRAL_3)));
+    assert_eq!(order, expected, "{raw}");
+    assert!(
+        !s.text.contains_key(&(1, "reasoning_content".to_owned())),
+        "{raw}"
+    );
+    assert_eq!(s.text[&(1, "content".to_owned())], NEUTRAL_3);
+    assert_eq!(
+        s.finish,
+        vec![(0, "stop".into()), (1, "stop".into())],
+        "{raw}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_text_never_leaks_on_an_upstream_error_or_a_refusing_shield() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(
+        &config(
+            &mock,
+            "edit_model_candidates = 0\nmin_sentence_similarity = 1.0\ndrop = \"never\"",
+            "",
+        ),
+        &[("VISA_ADMIN_KEY", ADMIN)],
+    );
+    // Without a profile the stream passes as it came, with its `event:` and `id:` fields.
+    let tagged = format!(
+        "event: chunk\nid: 41\ndata: {}\n\n",
+        delta_chunk(0, json!({"content": "Hi"}))
+    );
+    let (_, raw) = stream_raw(&proxy, 1, json!({"events": [tagged, finish_chunk(0)]})).await;
+    assert!(raw.contains("event: chunk\nid: 41\ndata: {"), "{raw}");
+    let mut profile = keep_low(&proxy, "power", BOSS, &[NEUTRAL_1, NEUTRAL_3]).await;
+    profile["fallback"] = json!("block");
+    set_profile(&proxy, profile).await;
+    // The upstream breaks off while a window is held: the client gets the error, not the text.
+    let mut events = content_chunks(0, "Gain power over");
+    events.insert(0, delta_chunk(0, json!({"role": "assistant"})));
+    let (_, raw) = stream_raw(
+        &proxy,
+        1,
+        json!({"events": events, "then": "break", "delay_ms": 30}),
+    )
+    .await;
+    assert!(!raw.contains("Gain"), "leaked: {raw}");
+    let last = data_events(&raw).pop().unwrap();
+    assert!(last["error"]["message"].is_string(), "{raw}");
+    // A rewrite the shield refuses (no edit is similar enough): the profile's fallback blocks
+    // the window, and nothing of it goes out.
+    let mut events = content_chunks(0, &format!("{NEUTRAL_1} {BOSS} {NEUTRAL_3}"));
+    events.push(finish_chunk(0));
+    let (_, raw) = stream_raw(&proxy, 1, json!({"events": events})).await;
+    assert!(
+        !raw.contains("Gain") && !raw.contains("power"),
+        "leaked: {raw}"
+    );
+    let s = seen(&raw);
+    assert_eq!(
+        s.text[&(0, "content".to_owned())],
+        format!("{NEUTRAL_1} "),
+        "{raw}"
+    );
+    assert_eq!(s.finish, vec![(0, "content_filter".into())], "{raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_answers_refusal_reasoning_and_transcript_are_checked() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let mut profile = keep_low(&proxy, "power", BOSS, &[NEUTRAL_1, NEUTRAL_3]).await;
+    profile["action"] = json!("block");
+    set_profile(&proxy, profile).await;
+    let answer = |content: Value, extra: Value| {
+        json!({"model": "m", "messages": [{"role": "user", "content": "How?"}],
+               "mock": {"content_value": content, "message_extra": extra}})
+    };
+    // Reasoning that expresses too much is removed; the answer itself passes.
+    let (_, h, v) = chat(
+        &proxy,
+        answer(json!(NEUTRAL_1), json!({"reasoning_content": BOSS})),
+    )
+    .await;
+    assert_eq!(h["x-visa-action"], "passed", "{v}");
+    let m = &v["choices"][0]["message"];
+    assert_eq!(m["content"], NEUTRAL_1);
+    assert!(m.get("reasoning_content").is_none(), "{v}");
+    // A refusal, or an audio transcript, that misses the profile blocks its choice.
+    for extra in [
+        json!({"refusal": BOSS}),
+        json!({"audio": {"id": "a", "data": "QkJC", "transcript": BOSS}}),
+        json!({"audio": {"id": "a", "data": "QkJC"}}),
+    ] {
+        let (_, h, v) = chat(&proxy, answer(Value::Null, extra.clone())).await;
+        assert_eq!(h["x-visa-action"], "blocked", "{extra}: {v}");
+        let c = v["choices"][0].to_string();
+        assert!(!c.contains("Gain") && !c.contains("QkJC"), "leaked: {c}");
+        assert_eq!(v["choices"][0]["finish_reason"], "content_filter");
+    }
+    // A neutral transcript passes with its audio.
+    let (_, h, v) = chat(
+        &proxy,
+        answer(
+            Value::Null,
+            json!({"audio": {"id": "a", "data": "QUFB", "transcript": NEUTRAL_3}}),
+        ),
+    )
+    .await;
+    assert_eq!(h["x-visa-action"], "passed", "{v}");
+    assert_eq!(v["choices"][0]["message"]["audio"]["data"], "QUFB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_reads_a_rewritten_stream_and_answer() {
+    let python = std::env::var("VISA_TEST_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_owned());
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(
+        &config(&mock, "edit_model_candidates = 0\ndrop = \"facts\"", ""),
+        &[("VISA_ADMIN_KEY", ADMIN)],
+    );
+    let profile = keep_low(&proxy, "power", BOSS, &[NEUTRAL_1, NEUTRAL_3]).await;
+    set_profile(&proxy, profile).await;
+    let out = tokio::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sdk/enforce_sdk_check.py"
+        ))
+        .env("VISA_BASE_URL", proxy.url("/v1"))
+        .env("VISA_KEY", "sk-acme")
+        .env("VISA_ANSWER", format!("{NEUTRAL_1} {BOSS} {NEUTRAL_3}"))
+        .env("VISA_TELLTALE", "Gain power")
+        .env("VISA_KEPT", format!("{NEUTRAL_1}|{NEUTRAL_3}"))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}\n{stderr}");
+}

@@ -557,31 +557,6 @@ async fn the_shield_falls_back_and_disconnects_cancel_rewrites() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openai_sdk_reads_a_rewritten_stream() {
-    let python = std::env::var("VISA_TEST_PYTHON")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_owned());
-    let mock = MockUpstream::start().await;
-    let proxy = start(&mock, LENIENT);
-    set_profile(&proxy, "sk-acme", caring("rewrite", "block", "window")).await;
-    let out = tokio::process::Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sdk/enforce_sdk_check.py"
-        ))
-        .env("VISA_BASE_URL", proxy.url("/v1"))
-        .env("VISA_KEY", "sk-acme")
-        .env("VISA_OFF_PROFILE", OFF_PROFILE)
-        .env("VISA_TELLTALE", TELLTALE)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}\n{stderr}");
-}
-
 /// The test config with no local model and the rewriter on the "gpu" upstream (the mock,
 /// which answers "echo: <the user message>", i.e. the text to rewrite with a prefix).
 fn remote_config(mock: &MockUpstream, rewriter: &str) -> String {

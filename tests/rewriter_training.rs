@@ -1,6 +1,6 @@
 //! `train-rewriter` on the real SmolLM2 base: a warm start on the shield's picks and a few GRPO
 //! steps write a loadable adapter, a card and a log; `--resume` continues; the proxy serves the
-//! adapter (`[llm] adapter`) and answers; `eval-rewriter` compares the base and the adapter on
+//! adapter (`[llm] adapter`), and its token log-probabilities differ from the base's; `eval-rewriter` compares the base and the adapter on
 //! the same held-out items.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -159,19 +159,24 @@ upstreams = ["local"]
         "{}",
         proxy.stderr()
     );
-    let r = reqwest::Client::new()
-        .post(proxy.url("/v1/chat/completions"))
-        .bearer_auth("sk-home")
-        .json(&json!({"model": "smollm2-135m-instruct", "temperature": 0,
-                      "messages": [{"role": "user", "content": "Say hello."}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(!text.trim().is_empty(), "{v}");
+    let adapted = greedy_logprobs(&proxy).await;
     drop(proxy);
+    // The served model is the trained one: on the same prompt, greedy, the base model's token
+    // log-probabilities are not the adapter's.
+    let base_config = config.replace(&format!("adapter = \"{}\"\n", adapter.display()), "");
+    assert!(!base_config.contains("adapter ="), "{base_config}");
+    let proxy = Proxy::start(&base_config, &[]);
+    let base = greedy_logprobs(&proxy).await;
+    drop(proxy);
+    let differs = adapted.len() != base.len()
+        || adapted
+            .iter()
+            .zip(&base)
+            .any(|((ta, la), (tb, lb))| ta != tb || (la - lb).abs() > 1e-4);
+    assert!(
+        differs,
+        "the adapter's answer is the base's, token for token: {adapted:?}"
+    );
 
     // eval-rewriter: the base and the adapter side by side on the same held-out items.
     let eval_dir = dir.path().join("eval");
@@ -281,6 +286,71 @@ upstreams = ["local"]
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A greedy answer to one prompt through the proxy's local upstream, as (token, logprob)
+/// pairs; the tokens spell the answer's text.
+async fn greedy_logprobs(proxy: &Proxy) -> Vec<(String, f64)> {
+    let r = reqwest::Client::new()
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth("sk-home")
+        .json(
+            &json!({"model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 12,
+                      "logprobs": true, "top_logprobs": 2,
+                      "messages": [{"role": "user", "content": "Say hello."}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let choice = &v["choices"][0];
+    let text = choice["message"]["content"].as_str().unwrap();
+    assert!(!text.trim().is_empty(), "{v}");
+    let tokens: Vec<(String, f64)> = choice["logprobs"]["content"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no logprobs: {v}"))
+        .iter()
+        .map(|t| {
+            let lp = t["logprob"].as_f64().unwrap();
+            assert!(lp <= 0.0, "{t}");
+            assert_eq!(t["top_logprobs"].as_array().unwrap().len(), 2, "{t}");
+            (t["token"].as_str().unwrap().to_owned(), lp)
+        })
+        .collect();
+    let spelled: String = tokens.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(spelled.trim(), text.trim(), "{v}");
+    // Streamed, the same tokens ride on the chunks that carry their text.
+    let raw = reqwest::Client::new()
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth("sk-home")
+        .json(
+            &json!({"model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 12,
+                      "logprobs": true, "stream": true,
+                      "messages": [{"role": "user", "content": "Say hello."}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let streamed: Vec<String> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .flat_map(|d| {
+            let c: Value = serde_json::from_str(d).unwrap();
+            c["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|t| t["token"].as_str().unwrap().to_owned())
+        .collect();
+    let json_tokens: Vec<String> = tokens.iter().map(|(t, _)| t.clone()).collect();
+    assert_eq!(streamed, json_tokens, "{raw}");
+    tokens
 }
 
 /// `eval-rewriter` on 2 held-out items with the base config, `adapter`, and `extra` options.

@@ -529,12 +529,18 @@ async fn acknowledged_profile_updates_survive_sigkill() {
         .arg("-KILL")
         .arg(proxy.child.id().to_string())
         .status();
-    let _ = tokio::task::spawn_blocking(move || {
-        proxy.wait_exit(Duration::from_secs(5));
-        proxy
-    })
-    .await
-    .unwrap();
+    let status = tokio::task::spawn_blocking(move || proxy.wait_exit(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    // The process died by the signal, not by a clean exit racing it.
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.and_then(|s| s.signal()),
+            Some(9),
+            "the proxy did not die by SIGKILL: {status:?}"
+        );
+    }
     let mut acked = std::collections::HashMap::new();
     for (w, h) in writers.into_iter().enumerate() {
         let tenant = if w % 2 == 0 { "acme" } else { "globex" };

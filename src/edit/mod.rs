@@ -288,6 +288,7 @@ impl Editor {
             top_p: self.config.top_p,
             max_tokens: ((chars as f32 * 2.0 / 3.5) as usize + 16).clamp(24, 96),
             stop: vec!["\n".into()],
+            logprobs: None,
         }
     }
 

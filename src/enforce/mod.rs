@@ -63,6 +63,10 @@ impl VisaAction {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub index: usize,
+    /// The field checked when it is not the content (`refusal`, `reasoning_content`,
+    /// `reasoning`, `audio.transcript`): text the proxy checks but cannot rewrite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
     pub action: VisaAction,
     /// Scores of the upstream's text.
     pub before: ValueFit,
@@ -188,6 +192,80 @@ impl Enforcer {
         (ms > 0).then(|| Duration::from_millis(ms))
     }
 
+    /// Check a text the proxy cannot rewrite (reasoning, a refusal, an audio transcript):
+    /// passed when it fits the profile (with `lower_only`, when no value rises above its band:
+    /// reasoning is not the answer, so only what it expresses counts, not what it lacks);
+    /// otherwise what the profile does when a rewrite fails: the original, reported as a
+    /// fallback, or blocked. Audit profiles pass it.
+    pub async fn check_only(
+        &self,
+        tenant: &str,
+        profile: &Profile,
+        index: usize,
+        field: &'static str,
+        text: &str,
+        lower_only: bool,
+    ) -> Result<Report, ApiError> {
+        let started = Instant::now();
+        let chars = text.chars().count();
+        if chars > self.max_text_chars {
+            return Err(ApiError::bad_gateway(format!(
+                "the upstream's {field} has {chars} characters, more than the {} the value models check (models.max_text_chars)",
+                self.max_text_chars
+            ))
+            .with_code("upstream_answer_too_large"));
+        }
+        let Some(scorer) = &self.scorer else {
+            return Err(ApiError::new(
+                ErrorKind::Unavailable,
+                "the value models are disabled on this proxy",
+            ));
+        };
+        let (mut fits, detect) = scorer.fit(profile, &[text.to_owned()]).await?;
+        self.metrics.stage(tenant, "detect", detect);
+        let fit = fits
+            .pop()
+            .ok_or_else(|| ApiError::internal("the detector returned nothing"))?;
+        let off: Vec<ValueId> = profile
+            .gaps(&fit.values)
+            .into_iter()
+            .filter(|(_, gap)| !lower_only || *gap < 0.0)
+            .map(|(v, _)| v)
+            .collect();
+        let action = match (off.is_empty(), profile.action, profile.fallback) {
+            (true, _, _) | (_, Action::Audit, _) => VisaAction::Passed,
+            (false, Action::Block, _) | (false, Action::Rewrite, Fallback::Block) => {
+                VisaAction::Blocked
+            }
+            (false, Action::Rewrite, Fallback::Original) => VisaAction::Fallback,
+        };
+        self.metrics.action(tenant, action.as_str(), &off);
+        Ok(Report {
+            index,
+            field: Some(field),
+            action,
+            before: fit,
+            after: None,
+            integrity: None,
+            reason: (!off.is_empty()).then(|| {
+                format!(
+                    "{field} outside the profile's tolerance ({}); the proxy does not rewrite it",
+                    off.iter()
+                        .map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }),
+            candidates: 0,
+            detect_ms: ms(detect),
+            rewrite_ms: 0.0,
+            edits: Vec::new(),
+            budget_ms: None,
+            spent_ms: ms(started.elapsed()),
+            budget_exhausted: false,
+        })
+    }
+
     /// Decide one text: detect, then pass, rewrite (sentence edits, or the whole text) or
     /// block.
     pub async fn decide(
@@ -239,6 +317,7 @@ impl Enforcer {
         }
         let mut report = Report {
             index,
+            field: None,
             action: VisaAction::Passed,
             before: assessed.original.clone(),
             after: None,
@@ -363,6 +442,7 @@ impl Enforcer {
         }
         let mut report = Report {
             index,
+            field: None,
             action: VisaAction::Passed,
             before: before.clone(),
             after: None,
@@ -516,6 +596,8 @@ impl Enforcer {
         let mut worst = VisaAction::Passed;
         let mut reports = Vec::new();
         let (mut upstream_chars, mut delivered_chars, mut changed) = (0usize, 0usize, false);
+        // Choices whose content was replaced: the fields beside it went with it.
+        let mut replaced: Vec<usize> = Vec::new();
         for ((k, _, _), outcome) in work.iter().zip(outcomes) {
             let outcome = match outcome {
                 Ok(o) => o,
@@ -536,11 +618,13 @@ impl Enforcer {
                         changed = true;
                         choice["message"]["content"] = Value::String(t);
                         strip_original(choice);
+                        replaced.push(*k);
                     }
                     (VisaAction::Blocked, _) => {
                         upstream_chars += work_chars(&work, *k);
                         changed = true;
                         block_choice(choice);
+                        replaced.push(*k);
                     }
                     _ => {
                         let n = work_chars(&work, *k);
@@ -550,6 +634,97 @@ impl Enforcer {
                 }
             }
             reports.push(outcome.report);
+        }
+        // Text beside the content (a refusal, reasoning, an audio transcript) is checked too,
+        // though not rewritten: a refusal or transcript that misses the profile blocks its
+        // choice as the profile's fallback says; reasoning that expresses too much of a value is
+        // removed. Audio without a transcript cannot be checked.
+        let mut sides: Vec<(usize, usize, &'static str, String, bool)> = Vec::new();
+        if let Some(choices) = answer.get("choices").and_then(Value::as_array) {
+            for (k, c) in choices.iter().enumerate() {
+                if replaced.contains(&k) {
+                    continue;
+                }
+                let index = c.get("index").and_then(Value::as_u64).unwrap_or(k as u64) as usize;
+                let Some(m) = c.get("message") else { continue };
+                for (field, lower_only) in [
+                    ("refusal", false),
+                    ("reasoning_content", true),
+                    ("reasoning", true),
+                ] {
+                    match m.get(field) {
+                        None | Some(Value::Null) => {}
+                        Some(Value::String(t)) if t.trim().is_empty() => {}
+                        Some(Value::String(t)) => {
+                            sides.push((k, index, field, t.clone(), lower_only));
+                        }
+                        // A shape the proxy cannot read: removed, never passed as checked.
+                        Some(_) if lower_only => sides.push((k, index, field, String::new(), true)),
+                        Some(_) => unreadable.push(k),
+                    }
+                }
+                match m.get("audio") {
+                    None | Some(Value::Null) => {}
+                    Some(a) => match a.get("transcript").and_then(Value::as_str) {
+                        Some(t) if !t.trim().is_empty() => {
+                            sides.push((k, index, "audio.transcript", t.to_owned(), false));
+                        }
+                        _ => unreadable.push(k),
+                    },
+                }
+            }
+        }
+        if !sides.is_empty() {
+            let checks = futures_util::future::join_all(sides.iter().map(
+                |(_, index, field, text, lower)| {
+                    let tenant = &ctx.tenant.id;
+                    let profile = &profile;
+                    async move {
+                        if text.is_empty() {
+                            return Ok(None);
+                        }
+                        self.check_only(tenant, profile, *index, field, text, *lower)
+                            .await
+                            .map(Some)
+                    }
+                },
+            ))
+            .await;
+            for ((k, _, field, _, _), check) in sides.iter().zip(checks) {
+                let report = match check {
+                    Ok(r) => r,
+                    Err(e) if profile.action == Action::Audit => {
+                        tracing::warn!(tenant = %ctx.tenant.id, error = %e.message, "audit scoring failed; the answer passes");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let Some(choice) = answer.get_mut("choices").and_then(|c| c.get_mut(*k)) else {
+                    continue;
+                };
+                let action = match &report {
+                    Some(r) => r.action,
+                    None if profile.action == Action::Audit => continue,
+                    None => VisaAction::Blocked,
+                };
+                if action == VisaAction::Blocked {
+                    if field.starts_with("reasoning") {
+                        if let Some(m) = choice.get_mut("message").and_then(Value::as_object_mut) {
+                            m.remove(*field);
+                        }
+                    } else {
+                        block_choice(choice);
+                        changed = true;
+                        worst = worst.max(VisaAction::Blocked);
+                    }
+                } else if field.starts_with("reasoning") {
+                    // Reasoning does not decide the answer's action: a withheld reasoning is
+                    // reported, the answer is what the client asked for.
+                } else {
+                    worst = worst.max(action);
+                }
+                reports.extend(report);
+            }
         }
         if profile.action != Action::Audit {
             for k in &unreadable {

@@ -108,7 +108,7 @@ pub fn run(o: &SteerEvalOptions) -> anyhow::Result<()> {
                 }
                 messages.push(ChatMessage::new(Role::User, p.clone()));
                 let answer = engine
-                    .complete(messages, Sampling { temperature: 0.0, top_p: 1.0, max_tokens: o.max_tokens, stop: Vec::new() })
+                    .complete(messages, Sampling { temperature: 0.0, top_p: 1.0, max_tokens: o.max_tokens, stop: Vec::new(), logprobs: None })
                     .await
                     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
                 let a = editor

@@ -4,7 +4,7 @@
 //! the profile rewrites or blocks reaches the client. `buffer` mode holds the whole answer.
 //! `audit` profiles pass the stream through untouched and score it at the end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -73,11 +73,35 @@ pub fn cut_point(buf: &str, min: usize, max: usize) -> Option<usize> {
 /// The parts of an upstream chunk that enforcement cares about.
 #[derive(Debug, PartialEq)]
 enum Piece {
+    /// Choice-level fields other than the delta, the finish reason and log-probabilities
+    /// (`content_filter_results`, say): kept, and carried on the chunks the proxy builds.
+    Extras {
+        index: usize,
+        fields: Map<String, Value>,
+    },
+    /// Content text, with the log-probabilities of its tokens.
     Content {
         index: usize,
         text: String,
+        logprobs: Vec<Value>,
     },
-    /// A delta without content (role, tool calls, refusal): passes untouched.
+    /// Reasoning text (`reasoning_content` or `reasoning`): checked, never rewritten.
+    Reasoning {
+        index: usize,
+        field: &'static str,
+        text: String,
+    },
+    /// Refusal text: checked whole, never rewritten.
+    Refusal {
+        index: usize,
+        text: String,
+    },
+    /// An audio delta (audio data and its transcript): held until the transcript is checked.
+    Audio {
+        index: usize,
+        delta: Value,
+    },
+    /// A delta without text (role, tool calls): passes untouched.
     Other {
         index: usize,
         delta: Value,
@@ -87,28 +111,111 @@ enum Piece {
         reason: Value,
     },
     Usage(Value),
-    /// Anything else (an error object, an unknown shape): passes as it came.
+    /// A chunk without choices (an upstream error, a prompt filter's result): passes as it came.
     Raw(String),
 }
 
+/// What kind of text a piece is, so text of another kind held for the same choice goes out
+/// before it and the order of the upstream's events stays.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Content,
+    Reasoning,
+    Refusal,
+    Audio,
+    Other,
+    Finish,
+}
+
+impl Piece {
+    fn at(&self) -> Option<(usize, Kind)> {
+        match self {
+            Piece::Content { index, .. } => Some((*index, Kind::Content)),
+            Piece::Reasoning { index, .. } => Some((*index, Kind::Reasoning)),
+            Piece::Refusal { index, .. } => Some((*index, Kind::Refusal)),
+            Piece::Audio { index, .. } => Some((*index, Kind::Audio)),
+            Piece::Other { index, .. } => Some((*index, Kind::Other)),
+            Piece::Finish { index, .. } => Some((*index, Kind::Finish)),
+            Piece::Extras { .. } | Piece::Usage(_) | Piece::Raw(_) => None,
+        }
+    }
+}
+
+/// Split one chunk. Delta fields the proxy does not know are dropped (they may carry text it
+/// cannot check), and so is a chunk without `choices` that is not an error.
 fn pieces(data: &str) -> Vec<Piece> {
     let Ok(Value::Object(chunk)) = serde_json::from_str::<Value>(data) else {
-        return vec![Piece::Raw(data.to_owned())];
+        return Vec::new();
     };
     let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
-        return vec![Piece::Raw(data.to_owned())];
+        return if chunk.contains_key("error") {
+            vec![Piece::Raw(data.to_owned())]
+        } else {
+            Vec::new()
+        };
     };
     let mut out = Vec::new();
     for (k, c) in choices.iter().enumerate() {
+        let Some(c) = c.as_object() else { continue };
         let index = c.get("index").and_then(Value::as_u64).unwrap_or(k as u64) as usize;
+        let extras: Map<String, Value> = c
+            .iter()
+            .filter(|(key, v)| {
+                !v.is_null()
+                    && !matches!(
+                        key.as_str(),
+                        "index" | "delta" | "finish_reason" | "logprobs"
+                    )
+            })
+            .map(|(key, v)| (key.clone(), v.clone()))
+            .collect();
+        if !extras.is_empty() {
+            out.push(Piece::Extras {
+                index,
+                fields: extras,
+            });
+        }
+        let logprobs = c
+            .get("logprobs")
+            .and_then(|l| l.get("content"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if let Some(Value::Object(delta)) = c.get("delta") {
             let mut rest = Map::new();
-            let mut content = None;
+            let mut texts = Vec::new();
+            let mut content = String::new();
             for (key, v) in delta {
-                if key == "content" {
-                    content = v.as_str().filter(|t| !t.is_empty());
-                } else if !v.is_null() {
-                    rest.insert(key.clone(), v.clone());
+                match (key.as_str(), v) {
+                    (_, Value::Null) => {}
+                    ("content", Value::String(t)) => content.push_str(t),
+                    ("refusal", Value::String(t)) if !t.is_empty() => texts.push(Piece::Refusal {
+                        index,
+                        text: t.clone(),
+                    }),
+                    (field @ ("reasoning_content" | "reasoning"), Value::String(t))
+                        if !t.is_empty() =>
+                    {
+                        texts.push(Piece::Reasoning {
+                            index,
+                            field: if field == "reasoning" {
+                                "reasoning"
+                            } else {
+                                "reasoning_content"
+                            },
+                            text: t.clone(),
+                        })
+                    }
+                    ("audio", a) => texts.push(Piece::Audio {
+                        index,
+                        delta: a.clone(),
+                    }),
+                    ("role" | "tool_calls" | "function_call", v) => {
+                        rest.insert(key.clone(), v.clone());
+                    }
+                    // Empty text, a content that is not a string, a field the proxy does not
+                    // know: nothing it could check, so nothing is sent.
+                    _ => {}
                 }
             }
             // The role comes before the text it introduces.
@@ -118,10 +225,12 @@ fn pieces(data: &str) -> Vec<Piece> {
                     delta: Value::Object(rest),
                 });
             }
-            if let Some(t) = content {
+            out.extend(texts);
+            if !content.is_empty() || !logprobs.is_empty() {
                 out.push(Piece::Content {
                     index,
-                    text: t.to_owned(),
+                    text: content,
+                    logprobs,
                 });
             }
         }
@@ -132,13 +241,16 @@ fn pieces(data: &str) -> Vec<Piece> {
             });
         }
     }
-    if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
-        out.push(Piece::Usage(u.clone()));
+    match chunk.get("usage").filter(|u| !u.is_null()) {
+        Some(u) => out.push(Piece::Usage(u.clone())),
+        None if choices.is_empty() => out.push(Piece::Raw(data.to_owned())),
+        None => {}
     }
     out
 }
 
-/// The id, created and model of the upstream's chunks, reused for the chunks the proxy makes.
+/// The top-level fields of the upstream's chunks (id, created, model, service tier, ...),
+/// reused for the chunks the proxy makes.
 #[derive(Clone, Default)]
 struct Template {
     fields: Map<String, Value>,
@@ -150,9 +262,11 @@ impl Template {
             return;
         }
         if let Ok(Value::Object(c)) = serde_json::from_str::<Value>(data) {
-            for k in ["id", "object", "created", "model", "system_fingerprint"] {
-                if let Some(v) = c.get(k) {
-                    self.fields.insert(k.into(), v.clone());
+            for (k, v) in c {
+                // `obfuscation` pads each chunk to hide the length of its text: it belongs to
+                // the upstream's chunk, not to the proxy's.
+                if !matches!(k.as_str(), "choices" | "usage" | "obfuscation") {
+                    self.fields.insert(k, v);
                 }
             }
         }
@@ -167,20 +281,6 @@ impl Template {
             c.insert(k.into(), v);
         }
         Ok(StreamEvent::Data(Value::Object(c).to_string()))
-    }
-
-    fn content(&self, index: usize, text: &str) -> Item {
-        self.chunk(
-            json!([{"index": index, "delta": {"content": text}, "finish_reason": null}]),
-            None,
-        )
-    }
-
-    fn finish(&self, index: usize, reason: &Value) -> Item {
-        self.chunk(
-            json!([{"index": index, "delta": {}, "finish_reason": reason}]),
-            None,
-        )
     }
 }
 
@@ -256,6 +356,66 @@ struct ChoiceBuf {
     finished: bool,
     /// A window of it was blocked: it is finished, and nothing more of it is sent.
     blocked: bool,
+    /// The choice's own fields beside its delta, carried on the chunks built for it.
+    extras: Map<String, Value>,
+    /// Log-probabilities of held tokens, each with its length in bytes.
+    logprobs: VecDeque<(Value, usize)>,
+    /// Bytes of released text the tokens taken so far do not cover yet.
+    logprobs_owed: usize,
+    /// The token that straddles the last window boundary spells changed text: dropped.
+    logprobs_taint: bool,
+    /// Held reasoning text, the field it came in, and whether the rest is withheld.
+    reasoning: String,
+    reasoning_field: &'static str,
+    reasoning_withheld: bool,
+    /// Held refusal text.
+    refusal: String,
+    /// Held audio deltas and their transcript.
+    audio: Vec<Value>,
+    audio_bytes: usize,
+    transcript: String,
+}
+
+impl ChoiceBuf {
+    fn hold_logprobs(&mut self, entries: Vec<Value>) {
+        for e in entries {
+            let len = e
+                .get("bytes")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                .or_else(|| e.get("token").and_then(Value::as_str).map(str::len))
+                .unwrap_or(0);
+            self.logprobs.push_back((e, len));
+        }
+    }
+
+    /// The log-probabilities of a released window of `bytes` bytes: those of its tokens when it
+    /// went out unchanged, none when it was rewritten or blocked (their tokens spell the
+    /// original). A token that reaches into a changed window is dropped too.
+    fn take_logprobs(&mut self, bytes: usize, unchanged: bool) -> Vec<Value> {
+        self.logprobs_owed += bytes;
+        let mut out = Vec::new();
+        while self
+            .logprobs
+            .front()
+            .is_some_and(|(_, len)| *len <= self.logprobs_owed)
+        {
+            let Some((entry, len)) = self.logprobs.pop_front() else {
+                break;
+            };
+            self.logprobs_owed -= len;
+            if unchanged && !self.logprobs_taint {
+                out.push(entry);
+            }
+            self.logprobs_taint = false;
+        }
+        if self.logprobs.is_empty() {
+            // Tokens that do not add up to the text (or none were sent): nothing is owed.
+            self.logprobs_owed = 0;
+        }
+        self.logprobs_taint |= !unchanged && self.logprobs_owed > 0;
+        out
+    }
 }
 
 struct Windows {
@@ -275,9 +435,52 @@ struct Windows {
     started: Instant,
 }
 
+fn too_large(limit: usize, what: &str) -> ApiError {
+    ApiError::bad_gateway(format!(
+        "the upstream's {what} is longer than the {limit} characters a stream may hold (enforce.max_buffer_chars)"
+    ))
+    .with_code("upstream_answer_too_large")
+}
+
 impl Windows {
-    /// Check one window and say what to send; `Ok(None)` means blocked.
-    async fn window(&mut self, index: usize, text: String) -> Result<Option<String>, ApiError> {
+    /// A chunk with one choice, carrying that choice's own fields.
+    fn emit(
+        &self,
+        index: usize,
+        delta: Value,
+        finish: Option<&Value>,
+        logprobs: Vec<Value>,
+        extra: Option<(&str, Value)>,
+    ) -> Item {
+        let mut choice = Map::new();
+        choice.insert("index".into(), json!(index));
+        if let Some(b) = self.choices.get(&index) {
+            for (k, v) in &b.extras {
+                choice.insert(k.clone(), v.clone());
+            }
+        }
+        choice.insert("delta".into(), delta);
+        if !logprobs.is_empty() {
+            choice.insert(
+                "logprobs".into(),
+                json!({"content": logprobs, "refusal": null}),
+            );
+        }
+        choice.insert(
+            "finish_reason".into(),
+            finish.cloned().unwrap_or(Value::Null),
+        );
+        self.template
+            .chunk(Value::Array(vec![Value::Object(choice)]), extra)
+    }
+
+    /// Check one window and say what to send (`None`: blocked) and whether it is the
+    /// upstream's text unchanged.
+    async fn window(
+        &mut self,
+        index: usize,
+        text: String,
+    ) -> Result<(Option<String>, bool), ApiError> {
         if text.trim().is_empty() {
             // Whitespace carries no value: released as it came, without a check or a report.
             self.upstream_chars += text.chars().count();
@@ -285,7 +488,7 @@ impl Windows {
             if let Some(b) = self.choices.get_mut(&index) {
                 b.released.push_str(&text);
             }
-            return Ok(Some(text));
+            return Ok((Some(text), true));
         }
         let buf = self.choices.entry(index).or_default();
         buf.windows += 1;
@@ -343,16 +546,16 @@ impl Windows {
         self.worst = self.worst.max(action);
         self.reports.push(report);
         self.upstream_chars += text.chars().count();
-        let out = match (action, new_text) {
-            (VisaAction::Blocked, _) => None,
+        let (out, unchanged) = match (action, new_text) {
+            (VisaAction::Blocked, _) => (None, false),
             (VisaAction::Rewritten, Some(t)) => {
                 self.changed = true;
                 // Keep the whitespace that separated this window from the next.
                 let trailing = &text[text.trim_end().len()..];
                 let lead = &text[..text.len() - text.trim_start().len()];
-                Some(format!("{lead}{t}{trailing}"))
+                (Some(format!("{lead}{t}{trailing}")), false)
             }
-            _ => Some(text),
+            _ => (Some(text), true),
         };
         if let Some(t) = &out {
             self.delivered_chars += t.chars().count();
@@ -361,7 +564,7 @@ impl Windows {
                 b.released_values = Some(released_values);
             }
         }
-        Ok(out)
+        Ok((out, unchanged))
     }
 
     /// At the end of a choice: when the profile rewrites and the released answer lacks a value
@@ -427,10 +630,7 @@ impl Windows {
             Some(t) => {
                 self.changed = true;
                 self.delivered_chars += t.chars().count();
-                Some(self.template.chunk(
-                    json!([{"index": index, "delta": {"content": t}, "finish_reason": null}]),
-                    live,
-                ))
+                Some(self.emit(index, json!({"content": t}), None, Vec::new(), live))
             }
             None => live.map(|r| self.template.chunk(json!([]), Some(r))),
         })
@@ -467,8 +667,14 @@ impl Windows {
                 buf.since = Some(Instant::now());
             }
             let held_chars = window.chars().count();
+            let bytes = window.len();
             let blank = window.trim().is_empty();
-            let released = self.window(index, window).await?;
+            let (released, unchanged) = self.window(index, window).await?;
+            let logprobs = self
+                .choices
+                .get_mut(&index)
+                .map(|b| b.take_logprobs(bytes, unchanged))
+                .unwrap_or_default();
             // With x-visa-metadata, each window's report rides on the chunk that releases it
             // (or on an empty chunk when it was blocked), so a client sees decisions live.
             let report = if blank {
@@ -477,10 +683,9 @@ impl Windows {
                 self.window_report(index, held_chars)
             };
             match released {
-                Some(t) => items.push(self.template.chunk(
-                    json!([{"index": index, "delta": {"content": t}, "finish_reason": null}]),
-                    report,
-                )),
+                Some(t) => {
+                    items.push(self.emit(index, json!({"content": t}), None, logprobs, report))
+                }
                 None => {
                     if report.is_some() {
                         items.push(self.template.chunk(json!([]), report));
@@ -506,18 +711,203 @@ impl Windows {
         }
     }
 
+    /// Reasoning text: held in windows like content, each checked for values it expresses
+    /// beyond the profile's bands; one that does is withheld, and so is the rest of it.
+    async fn release_reasoning(&mut self, index: usize, all: bool) -> Result<Vec<Item>, ApiError> {
+        let mut items = Vec::new();
+        loop {
+            let cfg = &self.enforcer.config;
+            let Some(buf) = self.choices.get_mut(&index) else {
+                break;
+            };
+            if buf.reasoning_withheld {
+                buf.reasoning.clear();
+                break;
+            }
+            let cut = match cut_point(&buf.reasoning, cfg.window_chars, cfg.max_window_chars) {
+                Some(c) => c,
+                None if all && !buf.reasoning.is_empty() => buf.reasoning.len(),
+                None => break,
+            };
+            let window: String = buf.reasoning.drain(..cut).collect();
+            let field = buf.reasoning_field;
+            if !window.trim().is_empty() {
+                let report = self
+                    .enforcer
+                    .check_only(
+                        &self.tenant,
+                        &self.profile,
+                        index,
+                        field,
+                        window.trim(),
+                        true,
+                    )
+                    .await?;
+                let withheld = report.action == VisaAction::Blocked;
+                self.reports.push(report);
+                if withheld {
+                    if let Some(b) = self.choices.get_mut(&index) {
+                        b.reasoning_withheld = true;
+                        b.reasoning.clear();
+                    }
+                    let live = self.window_report(index, window.chars().count());
+                    if let Some(r) = live {
+                        items.push(self.template.chunk(json!([]), Some(r)));
+                    }
+                    break;
+                }
+            }
+            items.push(self.emit(index, json!({ field: window }), None, Vec::new(), None));
+        }
+        Ok(items)
+    }
+
+    /// A held refusal, checked whole: sent, or (`Ok(None)`) the choice is blocked.
+    async fn release_refusal(&mut self, index: usize) -> Result<Option<Vec<Item>>, ApiError> {
+        let Some(text) = self
+            .choices
+            .get_mut(&index)
+            .map(|b| std::mem::take(&mut b.refusal))
+            .filter(|t| !t.is_empty())
+        else {
+            return Ok(Some(Vec::new()));
+        };
+        let report = self
+            .enforcer
+            .check_only(&self.tenant, &self.profile, index, "refusal", &text, false)
+            .await?;
+        let action = report.action;
+        self.worst = self.worst.max(action);
+        self.reports.push(report);
+        if action == VisaAction::Blocked {
+            return Ok(None);
+        }
+        let live = self.window_report(index, text.chars().count());
+        Ok(Some(vec![self.emit(
+            index,
+            json!({"refusal": text}),
+            None,
+            Vec::new(),
+            live,
+        )]))
+    }
+
+    /// Held audio, released once its transcript is checked; audio without a transcript cannot
+    /// be checked. `Ok(None)`: the choice is blocked.
+    async fn release_audio(&mut self, index: usize) -> Result<Option<Vec<Item>>, ApiError> {
+        let Some((deltas, transcript)) = self
+            .choices
+            .get_mut(&index)
+            .filter(|b| !b.audio.is_empty())
+            .map(|b| {
+                (
+                    std::mem::take(&mut b.audio),
+                    std::mem::take(&mut b.transcript),
+                )
+            })
+        else {
+            return Ok(Some(Vec::new()));
+        };
+        if transcript.trim().is_empty() {
+            self.worst = self.worst.max(VisaAction::Blocked);
+            return Ok(None);
+        }
+        let report = self
+            .enforcer
+            .check_only(
+                &self.tenant,
+                &self.profile,
+                index,
+                "audio.transcript",
+                &transcript,
+                false,
+            )
+            .await?;
+        let action = report.action;
+        self.worst = self.worst.max(action);
+        self.reports.push(report);
+        if action == VisaAction::Blocked {
+            return Ok(None);
+        }
+        Ok(Some(
+            deltas
+                .into_iter()
+                .map(|d| self.emit(index, json!({"audio": d}), None, Vec::new(), None))
+                .collect(),
+        ))
+    }
+
+    /// Before a piece of `kind` for a choice: send what is held of another kind (reasoning,
+    /// a refusal; audio waits for the end of the choice), so the order stays. `true`: nothing
+    /// may follow.
+    async fn flush_before(&mut self, index: usize, kind: Kind) -> (Vec<Item>, bool) {
+        let mut items = Vec::new();
+        if kind != Kind::Reasoning {
+            match self.release_reasoning(index, true).await {
+                Ok(mut it) => items.append(&mut it),
+                Err(e) => return (vec![Err(e)], true),
+            }
+        }
+        if kind != Kind::Refusal {
+            match self.release_refusal(index).await {
+                Ok(Some(mut it)) => items.append(&mut it),
+                Ok(None) => items.extend(self.end_blocked(index)),
+                Err(e) => return (vec![Err(e)], true),
+            }
+        }
+        if kind == Kind::Finish && !self.is_blocked(index) {
+            match self.release_audio(index).await {
+                Ok(Some(mut it)) => items.append(&mut it),
+                Ok(None) => items.extend(self.end_blocked(index)),
+                Err(e) => return (vec![Err(e)], true),
+            }
+        }
+        (items, false)
+    }
+
+    /// Hold a refusal or audio piece (bounded by `enforce.max_buffer_chars`).
+    fn hold(&mut self, piece: Piece) -> Result<(), ApiError> {
+        let limit = self.enforcer.config.max_buffer_chars;
+        match piece {
+            Piece::Refusal { index, text } => {
+                let b = self.choices.entry(index).or_default();
+                b.refusal.push_str(&text);
+                if b.refusal.chars().count() > limit {
+                    return Err(too_large(limit, "refusal"));
+                }
+            }
+            Piece::Audio { index, delta } => {
+                let b = self.choices.entry(index).or_default();
+                if let Some(t) = delta.get("transcript").and_then(Value::as_str) {
+                    b.transcript.push_str(t);
+                }
+                b.audio_bytes += delta.to_string().len();
+                b.audio.push(delta);
+                if b.audio_bytes > limit {
+                    return Err(too_large(limit, "audio"));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// After a block: end that choice with `content_filter`; whatever the upstream still sends
     /// for it is dropped.
     fn end_blocked(&mut self, index: usize) -> Vec<Item> {
         let reason = Value::String("content_filter".into());
         let buf = self.choices.entry(index).or_default();
         buf.held.clear();
+        buf.reasoning.clear();
+        buf.refusal.clear();
+        buf.audio.clear();
+        buf.logprobs.clear();
         buf.blocked = true;
         if buf.finished {
             return Vec::new();
         }
         buf.finished = true;
-        vec![self.template.finish(index, &reason)]
+        vec![self.emit(index, json!({}), Some(&reason), Vec::new(), None)]
     }
 
     fn is_blocked(&self, index: usize) -> bool {
@@ -578,7 +968,7 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
     async_stream::stream! {
         while let Some(item) = upstream.next().await {
             let data = match item {
-                Ok(StreamEvent::Data(d)) => d,
+                Ok(StreamEvent::Data(d) | StreamEvent::Tagged { data: d, .. }) => d,
                 Ok(StreamEvent::Done) => break,
                 Err(e) => {
                     // Held text is dropped: it was never checked.
@@ -588,44 +978,77 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
             };
             state.template.learn(&data);
             for piece in pieces(&data) {
+                if let Some((index, kind)) = piece.at() {
+                    if state.is_blocked(index) {
+                        continue;
+                    }
+                    let (items, stop) = state.flush_before(index, kind).await;
+                    for it in items { yield it; }
+                    if stop { return; }
+                    if state.is_blocked(index) {
+                        continue;
+                    }
+                }
                 match piece {
-                    Piece::Content { index, .. } | Piece::Other { index, .. } | Piece::Finish { index, .. }
-                        if state.is_blocked(index) => {}
-                    Piece::Content { index, text } => {
+                    Piece::Extras { index, fields } => {
+                        state.choices.entry(index).or_default().extras.extend(fields);
+                    }
+                    Piece::Content { index, text, logprobs } => {
                         let buf = state.choices.entry(index).or_default();
                         if buf.since.is_none() {
                             buf.since = Some(Instant::now());
                         }
+                        buf.hold_logprobs(logprobs);
                         buf.held.push_str(&text);
                         let (items, stop) = state.release_or_end(index, false).await;
                         for it in items { yield it; }
                         if stop { return; }
                     }
+                    Piece::Reasoning { index, field, text } => {
+                        let buf = state.choices.entry(index).or_default();
+                        buf.reasoning_field = field;
+                        if !buf.reasoning_withheld {
+                            buf.reasoning.push_str(&text);
+                        }
+                        match state.release_reasoning(index, false).await {
+                            Ok(items) => for it in items { yield it; },
+                            Err(e) => { yield Err(e); return; }
+                        }
+                    }
+                    p @ (Piece::Refusal { .. } | Piece::Audio { .. }) => {
+                        if let Err(e) = state.hold(p) {
+                            yield Err(e);
+                            return;
+                        }
+                    }
                     Piece::Other { index, delta } => {
-                        // Text held before a tool call or refusal is checked first.
+                        // Text held before a tool call is checked first.
                         let has_held = state.choices.get(&index).is_some_and(|b| !b.held.is_empty());
                         if has_held {
                             let (items, stop) = state.release_or_end(index, true).await;
                             for it in items { yield it; }
                             if stop { return; }
+                            if state.is_blocked(index) {
+                                continue;
+                            }
                         }
                         state.choices.entry(index).or_default();
-                        yield state.template.chunk(
-                            json!([{"index": index, "delta": delta, "finish_reason": null}]),
-                            None,
-                        );
+                        yield state.emit(index, delta, None, Vec::new(), None);
                     }
                     Piece::Finish { index, reason } => {
                         let (items, stop) = state.release_or_end(index, true).await;
                         for it in items { yield it; }
                         if stop { return; }
+                        if state.is_blocked(index) {
+                            continue;
+                        }
                         match state.append_at_end(index).await {
                             Ok(Some(it)) => yield it,
                             Ok(None) => {}
                             Err(e) => { yield Err(e); return; }
                         }
                         state.choices.entry(index).or_default().finished = true;
-                        yield state.template.finish(index, &reason);
+                        yield state.emit(index, json!({}), Some(&reason), Vec::new(), None);
                     }
                     Piece::Usage(u) => state.usage = Some(u),
                     Piece::Raw(raw) => yield Ok(StreamEvent::Data(raw)),
@@ -635,9 +1058,18 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
         // The upstream ended: check what is still held.
         let open: Vec<usize> = state.choices.iter().filter(|(_, b)| !b.finished && !b.blocked).map(|(i, _)| *i).collect();
         for index in open {
+            let (items, stop) = state.flush_before(index, Kind::Finish).await;
+            for it in items { yield it; }
+            if stop { return; }
+            if state.is_blocked(index) {
+                continue;
+            }
             let (items, stop) = state.release_or_end(index, true).await;
             for it in items { yield it; }
             if stop { return; }
+            if state.is_blocked(index) {
+                continue;
+            }
             match state.append_at_end(index).await {
                 Ok(Some(it)) => yield it,
                 Ok(None) => {}
@@ -649,44 +1081,74 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
     .boxed()
 }
 
-/// `buffer` mode: read the whole answer, decide each choice, then send the result.
+/// What a buffered choice becomes.
+enum Fate {
+    Pass,
+    Replace(String),
+    Block,
+}
+
+/// `buffer` mode: read the whole answer, decide each choice, then send the result with the
+/// upstream's events in their order: a choice that passed comes back chunk for chunk; a
+/// rewritten one sends its new text where its text began; a blocked one the refusal.
 async fn buffer(
     mut state: Windows,
     mut upstream: BoxStream<'static, Item>,
 ) -> Result<(VisaAction, Vec<StreamEvent>), ApiError> {
+    let mut log: Vec<Piece> = Vec::new();
     let mut texts: BTreeMap<usize, String> = BTreeMap::new();
-    let mut others: Vec<Item> = Vec::new();
-    let mut finishes: BTreeMap<usize, Value> = BTreeMap::new();
+    let mut reasoning: BTreeMap<usize, (&'static str, String)> = BTreeMap::new();
+    let mut refusals: BTreeMap<usize, String> = BTreeMap::new();
+    let mut audio: BTreeMap<usize, String> = BTreeMap::new();
     let limit = state.enforcer.config.max_buffer_chars;
     let mut held = 0usize;
     while let Some(item) = upstream.next().await {
         let data = match item? {
-            StreamEvent::Data(d) => d,
+            StreamEvent::Data(d) | StreamEvent::Tagged { data: d, .. } => d,
             StreamEvent::Done => break,
         };
         state.template.learn(&data);
         for piece in pieces(&data) {
-            match piece {
-                Piece::Content { index, text } => {
+            match &piece {
+                Piece::Content { index, text, .. } => {
                     held += text.chars().count();
-                    if held > limit {
-                        return Err(ApiError::bad_gateway(format!(
-                            "the upstream's answer is longer than the {limit} characters buffer mode holds (enforce.max_buffer_chars)"
-                        ))
-                        .with_code("upstream_answer_too_large"));
+                    texts.entry(*index).or_default().push_str(text);
+                }
+                Piece::Reasoning { index, field, text } => {
+                    held += text.chars().count();
+                    let r = reasoning.entry(*index).or_insert((field, String::new()));
+                    r.1.push_str(text);
+                }
+                Piece::Refusal { index, text } => {
+                    held += text.chars().count();
+                    refusals.entry(*index).or_default().push_str(text);
+                }
+                Piece::Audio { index, delta } => {
+                    held += delta.to_string().len();
+                    let t = audio.entry(*index).or_default();
+                    if let Some(s) = delta.get("transcript").and_then(Value::as_str) {
+                        t.push_str(s);
                     }
-                    texts.entry(index).or_default().push_str(&text)
                 }
-                Piece::Other { index, delta } => others.push(state.template.chunk(
-                    json!([{"index": index, "delta": delta, "finish_reason": null}]),
-                    None,
-                )),
-                Piece::Finish { index, reason } => {
-                    finishes.insert(index, reason);
+                Piece::Extras { index, fields } => {
+                    state
+                        .choices
+                        .entry(*index)
+                        .or_default()
+                        .extras
+                        .extend(fields.clone());
+                    continue;
                 }
-                Piece::Usage(u) => state.usage = Some(u),
-                Piece::Raw(raw) => others.push(Ok(StreamEvent::Data(raw))),
+                Piece::Usage(u) => {
+                    state.usage = Some(u.clone());
+                    continue;
+                }
+                _ => {}
             }
+            if held > limit {
+                return Err(too_large(limit, "answer"));
+            }
+            log.push(piece);
         }
     }
     let held_from = Instant::now();
@@ -720,10 +1182,9 @@ async fn buffer(
     }))
     .await;
     state.enforcer.metrics.added("buffer", held_from.elapsed());
-    let mut events: Vec<Item> = others;
+    let mut fates: BTreeMap<usize, Fate> = BTreeMap::new();
     for ((index, text), outcome) in texts.iter().zip(outcomes) {
-        let outcome = outcome?;
-        let (action, new_text) = match outcome {
+        let (action, new_text) = match outcome? {
             Some(o) => {
                 state.reports.push(o.report);
                 (o.action, o.text)
@@ -732,24 +1193,178 @@ async fn buffer(
         };
         state.worst = state.worst.max(action);
         state.upstream_chars += text.chars().count();
-        match action {
-            VisaAction::Blocked => {
-                events.push(state.template.chunk(
-                    json!([{"index": index, "delta": {"refusal": REFUSAL}, "finish_reason": null}]),
-                    None,
-                ));
-                finishes.insert(*index, Value::String("content_filter".into()));
+        let fate = match (action, new_text) {
+            (VisaAction::Blocked, _) => Fate::Block,
+            (VisaAction::Rewritten, Some(t)) => {
+                state.changed = true;
+                state.delivered_chars += t.chars().count();
+                Fate::Replace(t)
             }
             _ => {
-                let sent = new_text.unwrap_or_else(|| text.clone());
-                state.changed |= action == VisaAction::Rewritten;
-                state.delivered_chars += sent.chars().count();
-                events.push(state.template.content(*index, &sent));
+                state.delivered_chars += text.chars().count();
+                Fate::Pass
+            }
+        };
+        fates.insert(*index, fate);
+    }
+    // Text beside the content: checked, not rewritten. A refusal or transcript that misses
+    // the profile blocks its choice; reasoning that expresses too much is withheld, and so is
+    // the reasoning of a choice whose content changed.
+    let mut withheld: Vec<usize> = Vec::new();
+    let mut sides: Vec<(usize, &'static str, String, bool)> = Vec::new();
+    for (index, (field, t)) in &reasoning {
+        sides.push((*index, field, t.clone(), true));
+    }
+    for (index, t) in &refusals {
+        sides.push((*index, "refusal", t.clone(), false));
+    }
+    for (index, t) in &audio {
+        if t.trim().is_empty() {
+            // Audio without a transcript cannot be checked.
+            fates.insert(*index, Fate::Block);
+            state.worst = state.worst.max(VisaAction::Blocked);
+        } else {
+            sides.push((*index, "audio.transcript", t.clone(), false));
+        }
+    }
+    for (index, field, text, lower_only) in sides {
+        if text.trim().is_empty() {
+            continue;
+        }
+        let report = state
+            .enforcer
+            .check_only(
+                &state.tenant,
+                &state.profile,
+                index,
+                field,
+                &text,
+                lower_only,
+            )
+            .await?;
+        let action = report.action;
+        state.reports.push(report);
+        if action == VisaAction::Blocked {
+            if lower_only {
+                withheld.push(index);
+            } else {
+                fates.insert(index, Fate::Block);
+            }
+        }
+        if !lower_only {
+            state.worst = state.worst.max(action);
+        }
+    }
+    for (index, fate) in &fates {
+        if !matches!(fate, Fate::Pass) {
+            withheld.push(*index);
+            if matches!(fate, Fate::Block) {
+                state.worst = state.worst.max(VisaAction::Blocked);
             }
         }
     }
-    for (index, reason) in &finishes {
-        events.push(state.template.finish(*index, reason));
+    let mut events: Vec<Item> = Vec::new();
+    let mut placed: Vec<usize> = Vec::new();
+    let blocked =
+        |fates: &BTreeMap<usize, Fate>, i: usize| matches!(fates.get(&i), Some(Fate::Block));
+    for piece in log {
+        match piece {
+            Piece::Content {
+                index,
+                text,
+                logprobs,
+            } => match fates.get(&index) {
+                Some(Fate::Replace(t)) => {
+                    if !placed.contains(&index) {
+                        placed.push(index);
+                        events.push(state.emit(
+                            index,
+                            json!({"content": t}),
+                            None,
+                            Vec::new(),
+                            None,
+                        ));
+                    }
+                }
+                Some(Fate::Block) => {
+                    if !placed.contains(&index) {
+                        placed.push(index);
+                        events.push(state.emit(
+                            index,
+                            json!({"refusal": REFUSAL}),
+                            None,
+                            Vec::new(),
+                            None,
+                        ));
+                    }
+                }
+                _ => events.push(state.emit(index, json!({"content": text}), None, logprobs, None)),
+            },
+            Piece::Reasoning { index, field, text } => {
+                if !withheld.contains(&index) {
+                    events.push(state.emit(index, json!({ field: text }), None, Vec::new(), None));
+                }
+            }
+            Piece::Refusal { index, text } => {
+                if blocked(&fates, index) {
+                    if !placed.contains(&index) {
+                        placed.push(index);
+                        events.push(state.emit(
+                            index,
+                            json!({"refusal": REFUSAL}),
+                            None,
+                            Vec::new(),
+                            None,
+                        ));
+                    }
+                } else {
+                    events.push(state.emit(
+                        index,
+                        json!({"refusal": text}),
+                        None,
+                        Vec::new(),
+                        None,
+                    ));
+                }
+            }
+            Piece::Audio { index, delta } => {
+                if !blocked(&fates, index) {
+                    events.push(state.emit(index, json!({"audio": delta}), None, Vec::new(), None));
+                }
+            }
+            Piece::Other { index, mut delta } => {
+                // A blocked choice keeps its role, not its tool calls.
+                if blocked(&fates, index)
+                    && let Some(d) = delta.as_object_mut()
+                {
+                    d.remove("tool_calls");
+                    d.remove("function_call");
+                }
+                if delta.as_object().is_some_and(|d| !d.is_empty()) {
+                    events.push(state.emit(index, delta, None, Vec::new(), None));
+                }
+            }
+            Piece::Finish { index, reason } => {
+                if blocked(&fates, index) {
+                    if !placed.contains(&index) {
+                        placed.push(index);
+                        events.push(state.emit(
+                            index,
+                            json!({"refusal": REFUSAL}),
+                            None,
+                            Vec::new(),
+                            None,
+                        ));
+                    }
+                    let reason = Value::String("content_filter".into());
+                    events.push(state.emit(index, json!({}), Some(&reason), Vec::new(), None));
+                } else {
+                    events.push(state.emit(index, json!({}), Some(&reason), Vec::new(), None));
+                }
+            }
+            Piece::Raw(raw) => events.push(Ok(StreamEvent::Data(raw))),
+            Piece::Extras { .. } | Piece::Usage(_) => {}
+        }
     }
     events.extend(state.tail());
     let worst = state.worst;
@@ -764,14 +1379,16 @@ fn audit(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStrea
         while let Some(item) = upstream.next().await {
             match item {
                 Ok(StreamEvent::Done) => break,
-                Ok(StreamEvent::Data(d)) => {
-                    for p in pieces(&d) {
-                        if let Piece::Content { index, text } = p {
-                            texts.entry(index).or_default().push_str(&text);
+                Ok(ev) => {
+                    if let Some(d) = ev.data() {
+                        for p in pieces(d) {
+                            if let Piece::Content { index, text, .. } = p {
+                                texts.entry(index).or_default().push_str(&text);
+                            }
                         }
+                        state.template.learn(d);
                     }
-                    state.template.learn(&d);
-                    yield Ok(StreamEvent::Data(d));
+                    yield Ok(ev);
                 }
                 Err(e) => { yield Err(e); return; }
             }
@@ -837,7 +1454,8 @@ mod tests {
                 },
                 Piece::Content {
                     index: 0,
-                    text: "Hi".into()
+                    text: "Hi".into(),
+                    logprobs: vec![]
                 },
                 Piece::Other {
                     index: 1,
@@ -857,6 +1475,76 @@ mod tests {
             pieces(r#"{"error":{}}"#),
             vec![Piece::Raw(r#"{"error":{}}"#.into())]
         );
+        // A chunk of another shape without choices, and unknown delta fields, are dropped;
+        // reasoning, refusal and audio are pieces of their own; a chunk's log-probabilities
+        // ride with its content; choice-level fields are kept.
+        assert_eq!(pieces(r#"{"text":"Hi"}"#), vec![]);
+        assert_eq!(
+            pieces(r#"{"id":"c","choices":[]}"#),
+            vec![Piece::Raw(r#"{"id":"c","choices":[]}"#.into())]
+        );
+        let p = pieces(
+            r#"{"choices":[{"index":0,"delta":{"reasoning_content":"Think","refusal":"No","audio":{"transcript":"Hey"},"content":"Hi","weird":"x"},"logprobs":{"content":[{"token":"Hi"}]},"content_filter_results":{"hate":{}}}]}"#,
+        );
+        assert_eq!(
+            p,
+            vec![
+                Piece::Extras {
+                    index: 0,
+                    fields: json!({"content_filter_results": {"hate": {}}})
+                        .as_object()
+                        .unwrap()
+                        .clone()
+                },
+                Piece::Reasoning {
+                    index: 0,
+                    field: "reasoning_content",
+                    text: "Think".into()
+                },
+                Piece::Refusal {
+                    index: 0,
+                    text: "No".into()
+                },
+                Piece::Audio {
+                    index: 0,
+                    delta: json!({"transcript": "Hey"})
+                },
+                Piece::Content {
+                    index: 0,
+                    text: "Hi".into(),
+                    logprobs: vec![json!({"token": "Hi"})]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn logprobs_go_out_only_with_unchanged_text() {
+        let mut b = ChoiceBuf::default();
+        let tok = |t: &str| json!({"token": t, "logprob": -0.1});
+        b.hold_logprobs(vec![
+            tok("One"),
+            tok(" two"),
+            tok(". Th"),
+            tok("ree"),
+            tok(" four."),
+        ]);
+        // "One two. " unchanged: its whole tokens go out; ". Th" reaches into the next window.
+        assert_eq!(
+            b.take_logprobs("One two. ".len(), true),
+            vec![tok("One"), tok(" two")]
+        );
+        // "Three four." changed: none of its tokens, nor the one straddling into it.
+        assert_eq!(
+            b.take_logprobs("Three four.".len(), false),
+            Vec::<Value>::new()
+        );
+        assert!(b.logprobs.is_empty());
+        // A token straddling out of a changed window is dropped in the next one too.
+        let mut b = ChoiceBuf::default();
+        b.hold_logprobs(vec![tok("Bad. Go"), tok("od")]);
+        assert!(b.take_logprobs("Bad. ".len(), false).is_empty());
+        assert_eq!(b.take_logprobs("Good".len(), true), vec![tok("od")]);
     }
 
     #[test]

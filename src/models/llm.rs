@@ -60,6 +60,9 @@ pub struct Sampling {
     pub top_p: f64,
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    /// Token log-probabilities, as OpenAI's `logprobs`: `None` off, `Some(n)` on with the
+    /// `n` most likely alternatives of each token (`top_logprobs`).
+    pub logprobs: Option<usize>,
 }
 
 /// What a generation streams back.
@@ -67,6 +70,9 @@ pub struct Sampling {
 pub enum GenEvent {
     /// New text.
     Delta(String),
+    /// Log-probabilities of the tokens of the next `Delta` (when asked for), in OpenAI's
+    /// shape (`token`, `logprob`, `bytes`, `top_logprobs`).
+    Logprobs(Vec<serde_json::Value>),
     /// The end: OpenAI's finish reason (`stop`, `length`, ...) and token counts.
     Done {
         finish_reason: String,
@@ -88,9 +94,11 @@ impl Generation {
     /// Read to the end: the whole text, the finish reason and token counts.
     pub async fn collect(mut self) -> Result<Completion, ApiError> {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         while let Some(ev) = self.next().await {
             match ev? {
                 GenEvent::Delta(d) => text.push_str(&d),
+                GenEvent::Logprobs(mut l) => logprobs.append(&mut l),
                 GenEvent::Done {
                     finish_reason,
                     prompt_tokens,
@@ -98,6 +106,7 @@ impl Generation {
                 } => {
                     return Ok(Completion {
                         text,
+                        logprobs,
                         finish_reason,
                         prompt_tokens,
                         completion_tokens,
@@ -125,6 +134,8 @@ impl futures_util::Stream for Generation {
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub text: String,
+    /// The tokens' log-probabilities, when the sampling asked for them.
+    pub logprobs: Vec<serde_json::Value>,
     pub finish_reason: String,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -202,6 +213,7 @@ impl LlmEngine {
                 top_p: config.top_p,
                 max_tokens: config.max_tokens,
                 stop: Vec::new(),
+                logprobs: None,
             },
             max_prompt_chars: config.max_prompt_chars,
             stats: Arc::new(stats),
@@ -394,7 +406,28 @@ fn build_request(messages: Vec<ChatMessage>, s: &Sampling) -> RequestBuilder {
     if !s.stop.is_empty() {
         params.stop_toks = Some(StopTokens::Seqs(s.stop.clone()));
     }
+    if let Some(n) = s.logprobs {
+        params.top_n_logprobs = n;
+    }
     rb.set_sampling(params)
+        .return_logprobs(s.logprobs.is_some())
+}
+
+/// One token's log-probability in OpenAI's shape.
+fn openai_logprob(l: &mistralrs::core::ResponseLogprob) -> serde_json::Value {
+    let bytes = l
+        .bytes
+        .clone()
+        .unwrap_or_else(|| l.token.as_bytes().to_vec());
+    serde_json::json!({
+        "token": l.token,
+        "logprob": l.logprob,
+        "bytes": bytes,
+        "top_logprobs": l.top_logprobs.iter().map(|t| {
+            let text = t.bytes.clone().unwrap_or_default();
+            serde_json::json!({"token": text, "logprob": t.logprob, "bytes": text.as_bytes()})
+        }).collect::<Vec<_>>(),
+    })
 }
 
 /// Runs on the tokio runtime but only awaits: the engine thread does the model work.
@@ -438,13 +471,22 @@ async fn forward(
             Response::Chunk(chunk) => {
                 let mut text = String::new();
                 let mut finish = None;
+                let mut logprobs = Vec::new();
                 for choice in chunk.choices {
+                    if let Some(l) = &choice.logprobs {
+                        logprobs.push(openai_logprob(l));
+                    }
                     if let Some(t) = choice.delta.content {
                         text.push_str(&t);
                     }
                     if choice.finish_reason.is_some() {
                         finish = choice.finish_reason;
                     }
+                }
+                if !logprobs.is_empty() && tx.send(Ok(GenEvent::Logprobs(logprobs))).await.is_err()
+                {
+                    stats.cancelled.inc();
+                    return;
                 }
                 if !text.is_empty() && tx.send(Ok(GenEvent::Delta(text))).await.is_err() {
                     stats.cancelled.inc();
@@ -473,6 +515,17 @@ async fn forward(
                     .iter()
                     .filter_map(|c| c.message.content.clone())
                     .collect();
+                let logprobs: Vec<serde_json::Value> = done
+                    .choices
+                    .iter()
+                    .filter_map(|c| c.logprobs.as_ref()?.content.as_ref())
+                    .flatten()
+                    .map(openai_logprob)
+                    .collect();
+                if !logprobs.is_empty() && tx.send(Ok(GenEvent::Logprobs(logprobs))).await.is_err()
+                {
+                    return;
+                }
                 if !text.is_empty() && tx.send(Ok(GenEvent::Delta(text))).await.is_err() {
                     return;
                 }

@@ -321,6 +321,7 @@ impl Rewriter {
             top_p: self.config.top_p,
             max_tokens: self.max_tokens(original),
             stop: Vec::new(),
+            logprobs: None,
         };
         // The first candidate is greedy, so one is always the model's most likely rewrite; the
         // others sample. `parallel` sends a round's candidates together for the engine to

@@ -1,5 +1,6 @@
-//! A JSON body extractor whose every rejection is an OpenAI-shaped error: 413 over the size
-//! limit, 400 for bytes that are not JSON, 422 for JSON of the wrong shape.
+//! Body and query extractors whose every rejection is an OpenAI-shaped error: 413 over the
+//! size limit, 400 for bytes that are not JSON or a bad query string, 422 for JSON of the wrong
+//! shape.
 
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
@@ -51,4 +52,42 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             format!("We could not parse the JSON body of your request: {e}"),
         ),
     })
+}
+
+/// `Query<T>` with an OpenAI-shaped rejection: 400 naming the query string's problem.
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for QueryParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| {
+                let detail = e.body_text();
+                let message = detail
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&detail)
+                    .to_owned();
+                // The field comes first ("limit: invalid digit ..."). ("limit: invalid digit ...").
+                let param = message
+                    .split_once(':')
+                    .map(|(p, _)| p.trim().to_owned())
+                    .filter(|p| !p.is_empty() && !p.contains(' '));
+                let mut err =
+                    ApiError::invalid_request(format!("Invalid query parameters: {message}"))
+                        .with_code("invalid_query");
+                if let Some(p) = param {
+                    err = err.with_param(p);
+                }
+                err
+            })
+    }
 }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::extract::JsonBody;
+use super::extract::{JsonBody, QueryParams};
 use crate::error::{ApiError, ErrorKind};
 use crate::store::HistoryEntry;
 use crate::tenants::Tenant;
@@ -103,6 +103,7 @@ pub struct HistoryQuery {
     responses(
         (status = 200, description = "The tenant's current profile", body = Profile, example = json!({"values":{"benevolence":{"target":0.8,"weight":1.0,"tolerance":0.15},"power":{"target":0.1,"weight":2.0,"tolerance":0.1}},"action":"rewrite","fallback":"original","stream_mode":"window","version":3,"updated_at":1764320000})),
         (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
+        (status = 403, description = "A tenant key on a route that needs the admin key", body = crate::server::openapi::ErrorResponse),
         (status = 404, description = "Unknown tenant (`tenant_not_found`) or no profile yet (`profile_not_found`)", body = crate::server::openapi::ErrorResponse,
             example = json!({"error":{"message":"tenant \"acme\" has no value profile","type":"invalid_request_error","param":null,"code":"profile_not_found"}})),
     ),
@@ -123,6 +124,7 @@ pub async fn admin_get(
         (status = 200, description = "Saved; the new version", body = Profile),
         (status = 400, description = "Body is not JSON", body = crate::server::openapi::ErrorResponse),
         (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
+        (status = 403, description = "A tenant key on a route that needs the admin key", body = crate::server::openapi::ErrorResponse),
         (status = 404, description = "Unknown tenant", body = crate::server::openapi::ErrorResponse),
         (status = 422, description = "A field is invalid; `param` names it and nothing was written", body = crate::server::openapi::ErrorResponse,
             example = json!({"error":{"message":"'values.power.target' must be in [0, 1], got 1.5","type":"invalid_request_error","param":"values.power.target","code":"invalid_type"}})),
@@ -145,6 +147,7 @@ pub async fn admin_put(
         (status = 200, description = "Saved; the new version", body = Profile),
         (status = 400, description = "Not JSON, an empty patch, or both an instruction and field changes", body = crate::server::openapi::ErrorResponse),
         (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
+        (status = 403, description = "A tenant key on a route that needs the admin key", body = crate::server::openapi::ErrorResponse),
         (status = 404, description = "Unknown tenant", body = crate::server::openapi::ErrorResponse),
         (status = 422, description = "A field is invalid, or the instruction is empty or names no value; nothing was written", body = crate::server::openapi::ErrorResponse),
         (status = 429, description = "The encoder's queue is full (instructions only)", body = crate::server::openapi::ErrorResponse),
@@ -169,6 +172,7 @@ pub async fn admin_patch(
     responses(
         (status = 200, description = "Deleted; the deletion is a version in the history", body = Object, example = json!({"tenant_id":"acme","deleted":true,"version":4})),
         (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
+        (status = 403, description = "A tenant key on a route that needs the admin key", body = crate::server::openapi::ErrorResponse),
         (status = 404, description = "Unknown tenant, or no profile to delete", body = crate::server::openapi::ErrorResponse),
     ),
     security(("admin" = [])))]
@@ -190,13 +194,15 @@ pub async fn admin_delete(
         (status = 200, description = "Versions, newest first; `profile` is null for a deletion", body = Object,
             example = json!({"object":"list","data":[{"version":2,"updated_at":1764320100,"profile":null},{"version":1,"updated_at":1764320000,"profile":{"values":{"power":{"target":0.1,"weight":1.0,"tolerance":0.15}},"action":"audit","fallback":"original","stream_mode":"window","version":1,"updated_at":1764320000}}]})),
         (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
+        (status = 403, description = "A tenant key on a route that needs the admin key", body = crate::server::openapi::ErrorResponse),
+        (status = 400, description = "A query parameter of the wrong type (`limit`)", body = crate::server::openapi::ErrorResponse),
         (status = 404, description = "Unknown tenant", body = crate::server::openapi::ErrorResponse),
     ),
     security(("admin" = [])))]
 pub async fn admin_history(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    QueryParams(q): QueryParams<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
     tenant_exists(&state, &tenant_id)?;
     history(&state, &tenant_id, q.limit).await
@@ -207,12 +213,13 @@ pub async fn admin_history(
     responses(
         (status = 200, description = "The calling tenant's own versions, newest first; a deletion is a version with `profile: null`", body = Object),
         (status = 401, description = "No or unknown tenant key", body = crate::server::openapi::ErrorResponse),
+        (status = 400, description = "A query parameter of the wrong type (`limit`)", body = crate::server::openapi::ErrorResponse),
     ),
     security(("bearer" = [])))]
 pub async fn tenant_history(
     State(state): State<AppState>,
     Extension(tenant): Extension<Arc<Tenant>>,
-    Query(q): Query<HistoryQuery>,
+    QueryParams(q): QueryParams<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
     history(&state, &tenant.id, q.limit).await
 }
@@ -247,6 +254,7 @@ pub async fn tenant_get(
     responses(
         (status = 200, description = "Saved; the new version", body = Profile),
         (status = 401, description = "No or unknown tenant key", body = crate::server::openapi::ErrorResponse),
+        (status = 400, description = "The body is empty or not JSON", body = crate::server::openapi::ErrorResponse),
         (status = 403, description = "This tenant may not manage its own profile (`self_manage_profile = false`)", body = crate::server::openapi::ErrorResponse),
         (status = 422, description = "A field is invalid; nothing was written", body = crate::server::openapi::ErrorResponse),
     ),
@@ -270,7 +278,9 @@ pub async fn tenant_put(
 
 #[utoipa::path(get, path = "/v1/values", tag = "values",
     responses((status = 200, description = "The 10 values in circumplex order, with ids and definitions", body = Object,
-        example = json!({"object":"list","data":[{"id":"self_direction","name":"Self-Direction","definition":"Independent thought and action: choosing, creating, exploring; freedom and curiosity."}]}))))]
+        example = json!({"object":"list","data":[{"id":"self_direction","name":"Self-Direction","definition":"Independent thought and action: choosing, creating, exploring; freedom and curiosity."}]})),
+        (status = 401, description = "No or unknown key", body = crate::server::openapi::ErrorResponse)),
+    security(("bearer" = []), ("admin" = [])))]
 pub async fn list_values() -> Json<Value> {
     let data: Vec<Value> = ValueId::ALL
         .iter()

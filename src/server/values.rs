@@ -137,6 +137,7 @@ pub async fn detect(
         (status = 200, description = "The shifts with their evidence, and the resulting profile (not saved)", body = Object,
             example = json!({"instruction":"more caring, less about status","shifts":[{"value":"benevolence","delta":0.2,"evidence":{"phrase":"more caring","matched":"caring for others","similarity":0.71,"cue":"more"}},{"value":"power","delta":-0.2,"evidence":{"phrase":"less about status","matched":"status and prestige","similarity":0.62,"cue":"less"}}],"unmatched":[],"unrelated":false,"profile":{"values":{"benevolence":{"target":0.7,"weight":1.0,"tolerance":0.15},"power":{"target":0.3,"weight":1.0,"tolerance":0.15}},"action":"audit","fallback":"original","stream_mode":"window"}})),
         (status = 401, description = "No or unknown key", body = crate::server::openapi::ErrorResponse),
+        (status = 400, description = "The body is empty or not JSON", body = crate::server::openapi::ErrorResponse),
         (status = 422, description = "Empty or missing instruction, or an invalid `profile`", body = crate::server::openapi::ErrorResponse),
         (status = 429, description = "The encoder's queue is full", body = crate::server::openapi::ErrorResponse),
         (status = 503, description = "Value models disabled", body = crate::server::openapi::ErrorResponse),

@@ -11,7 +11,7 @@ use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use reqwest::Client;
 
-use super::sse::{EventStream, StreamEvent, classify_data};
+use super::sse::{EventStream, StreamEvent, classify};
 use super::{JsonReply, StreamReply, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::error::{ApiError, is_openai_error_body};
@@ -350,7 +350,9 @@ impl HttpUpstream {
                     ApiError::bad_gateway(format!("upstream {name} stream failed: {e}")).into(),
                 );
             }
-            Ok(Some(Ok(ev))) => classify_data(&ev.data).map_err(UpstreamError::from)?,
+            Ok(Some(Ok(ev))) => {
+                classify(&ev.data, &ev.event, &ev.id).map_err(UpstreamError::from)?
+            }
         };
 
         let timer = call.timer.clone();
@@ -381,7 +383,7 @@ impl HttpUpstream {
                             )));
                             break;
                         }
-                        Ok(Some(Ok(ev))) => match classify_data(&ev.data) {
+                        Ok(Some(Ok(ev))) => match classify(&ev.data, &ev.event, &ev.id) {
                             Ok(StreamEvent::Done) => {
                                 yield Ok(StreamEvent::Done);
                                 break;

@@ -157,6 +157,29 @@ impl LocalRequest {
                 .with_param("n"));
             }
         };
+        sampling.logprobs = match body.get("logprobs") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+            Some(Value::Bool(true)) => Some(0),
+            Some(_) => {
+                return Err(ApiError::invalid_request("'logprobs' must be a boolean")
+                    .with_param("logprobs"));
+            }
+        };
+        if let Some(k) = number(body, "top_logprobs")? {
+            if !(0.0..=20.0).contains(&k) || k.fract() != 0.0 {
+                return Err(ApiError::invalid_request(
+                    "'top_logprobs' must be an integer from 0 to 20",
+                )
+                .with_param("top_logprobs"));
+            }
+            if sampling.logprobs.is_none() {
+                return Err(
+                    ApiError::invalid_request("'top_logprobs' needs 'logprobs': true")
+                        .with_param("top_logprobs"),
+                );
+            }
+            sampling.logprobs = Some(k as usize);
+        }
         let include_usage = body
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
@@ -226,9 +249,14 @@ impl LocalUpstream {
             let c = c?;
             prompt = prompt.max(c.prompt_tokens);
             completion += c.completion_tokens;
+            let logprobs = req
+                .sampling
+                .logprobs
+                .map(|_| json!({"content": c.logprobs, "refusal": null}));
             choices.push(json!({
                 "index": i,
                 "message": {"role": "assistant", "content": c.text},
+                "logprobs": logprobs,
                 "finish_reason": c.finish_reason,
             }));
         }
@@ -282,14 +310,22 @@ impl LocalUpstream {
         let rest: EventStream = async_stream::stream! {
             let mut merged = merged;
             let (mut prompt, mut completion, mut finished) = (0usize, 0usize, 0usize);
+            // Log-probabilities wait for the text of their tokens, per choice.
+            let mut pending: std::collections::HashMap<usize, Vec<Value>> = Default::default();
             loop {
                 let waited = Instant::now();
                 let next = merged.next().await;
                 timer.add(waited.elapsed());
                 match next {
+                    Some((i, Ok(GenEvent::Logprobs(mut l)))) => {
+                        pending.entry(i).or_default().append(&mut l);
+                    }
                     Some((i, Ok(GenEvent::Delta(text)))) => {
+                        let logprobs = pending
+                            .remove(&i)
+                            .map(|l| json!({"content": l, "refusal": null}));
                         yield Ok(chunk(&id, created, &model,
-                            json!([{"index": i, "delta": {"content": text}, "finish_reason": null}]), None));
+                            json!([{"index": i, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null}]), None));
                     }
                     Some((i, Ok(GenEvent::Done { finish_reason, prompt_tokens, completion_tokens }))) => {
                         prompt = prompt.max(prompt_tokens);
@@ -343,6 +379,7 @@ mod tests {
             top_p: 0.9,
             max_tokens: 64,
             stop: vec![],
+            logprobs: None,
         }
     }
 
@@ -363,6 +400,22 @@ mod tests {
         assert_eq!(r.sampling.max_tokens, 10);
         assert_eq!(r.sampling.stop, vec!["\n".to_string()]);
         assert_eq!((r.n, r.include_usage), (2, true));
+        assert_eq!(r.sampling.logprobs, None);
+        let lp = |b: Value| LocalRequest::parse(&b, &defaults());
+        assert_eq!(
+            lp(json!({"messages":[], "logprobs": true}))
+                .unwrap()
+                .sampling
+                .logprobs,
+            Some(0)
+        );
+        assert_eq!(
+            lp(json!({"messages":[], "logprobs": true, "top_logprobs": 3}))
+                .unwrap()
+                .sampling
+                .logprobs,
+            Some(3)
+        );
 
         for (body, param) in [
             (json!({"messages":[], "tools":[{}]}), "tools"),
@@ -373,6 +426,12 @@ mod tests {
             (json!({"messages":[], "temperature": 3}), "temperature"),
             (json!({"messages":[], "n": 99}), "n"),
             (json!({"messages":[], "max_tokens": 0}), "max_tokens"),
+            (json!({"messages":[], "logprobs": "yes"}), "logprobs"),
+            (json!({"messages":[], "top_logprobs": 2}), "top_logprobs"),
+            (
+                json!({"messages":[], "logprobs": true, "top_logprobs": 21}),
+                "top_logprobs",
+            ),
             (
                 json!({"messages":[{"role":"user","content":[{"type":"image_url"}]}]}),
                 "messages[0].content[0]",

@@ -359,6 +359,33 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
         return (headers, axum::Json(answer)).into_response();
     }
 
+    // `events`: the stream as given, each JSON value sent as one `data:` event, each string
+    // as raw bytes (to send `event:` or `id:` fields); then `[DONE]`, or with
+    // `"then": "break"` a broken connection instead.
+    if let Some(events) = mock["events"].as_array().cloned() {
+        let broken = mock["then"] == "break";
+        let events = async_stream::stream! {
+            for e in events {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                match e {
+                    Value::String(raw) => yield Ok::<Bytes, std::io::Error>(Bytes::from(raw)),
+                    v => yield Ok(sse(&v)),
+                }
+            }
+            if broken {
+                yield Err(std::io::Error::other("mock: connection broken on purpose"));
+                return;
+            }
+            yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+        };
+        let mut response = (headers, Body::from_stream(events)).into_response();
+        response
+            .headers_mut()
+            .insert("content-type", "text/event-stream".parse().expect("header"));
+        return response;
+    }
     let pieces: Vec<String> = mock["chunks"]
         .as_array()
         .map(|c| {
