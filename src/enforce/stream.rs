@@ -474,6 +474,11 @@ impl Windows {
             .chunk(Value::Array(vec![Value::Object(choice)]), extra)
     }
 
+    /// A chunk with one delta for one choice.
+    fn delta(&self, index: usize, delta: Value) -> Item {
+        self.emit(index, delta, None, Vec::new(), None)
+    }
+
     /// Check one window and say what to send (`None`: blocked) and whether it is the
     /// upstream's text unchanged.
     async fn window(
@@ -757,7 +762,7 @@ impl Windows {
                     break;
                 }
             }
-            items.push(self.emit(index, json!({ field: window }), None, Vec::new(), None));
+            items.push(self.delta(index, json!({ field: window })));
         }
         Ok(items)
     }
@@ -832,7 +837,7 @@ impl Windows {
         Ok(Some(
             deltas
                 .into_iter()
-                .map(|d| self.emit(index, json!({"audio": d}), None, Vec::new(), None))
+                .map(|d| self.delta(index, json!({"audio": d})))
                 .collect(),
         ))
     }
@@ -1033,7 +1038,7 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
                             }
                         }
                         state.choices.entry(index).or_default();
-                        yield state.emit(index, delta, None, Vec::new(), None);
+                        yield state.delta(index, delta);
                     }
                     Piece::Finish { index, reason } => {
                         let (items, stop) = state.release_or_end(index, true).await;
@@ -1079,6 +1084,14 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
         for it in state.tail() { yield it; }
     }
     .boxed()
+}
+
+/// The refusal in place of a blocked buffered choice's text, once.
+fn refuse_once(state: &Windows, placed: &mut Vec<usize>, events: &mut Vec<Item>, index: usize) {
+    if !placed.contains(&index) {
+        placed.push(index);
+        events.push(state.delta(index, json!({"refusal": REFUSAL})));
+    }
 }
 
 /// What a buffered choice becomes.
@@ -1277,59 +1290,29 @@ async fn buffer(
                 Some(Fate::Replace(t)) => {
                     if !placed.contains(&index) {
                         placed.push(index);
-                        events.push(state.emit(
-                            index,
-                            json!({"content": t}),
-                            None,
-                            Vec::new(),
-                            None,
-                        ));
+                        events.push(state.delta(index, json!({"content": t})));
                     }
                 }
                 Some(Fate::Block) => {
-                    if !placed.contains(&index) {
-                        placed.push(index);
-                        events.push(state.emit(
-                            index,
-                            json!({"refusal": REFUSAL}),
-                            None,
-                            Vec::new(),
-                            None,
-                        ));
-                    }
+                    refuse_once(&state, &mut placed, &mut events, index);
                 }
                 _ => events.push(state.emit(index, json!({"content": text}), None, logprobs, None)),
             },
             Piece::Reasoning { index, field, text } => {
                 if !withheld.contains(&index) {
-                    events.push(state.emit(index, json!({ field: text }), None, Vec::new(), None));
+                    events.push(state.delta(index, json!({ field: text })));
                 }
             }
             Piece::Refusal { index, text } => {
                 if blocked(&fates, index) {
-                    if !placed.contains(&index) {
-                        placed.push(index);
-                        events.push(state.emit(
-                            index,
-                            json!({"refusal": REFUSAL}),
-                            None,
-                            Vec::new(),
-                            None,
-                        ));
-                    }
+                    refuse_once(&state, &mut placed, &mut events, index);
                 } else {
-                    events.push(state.emit(
-                        index,
-                        json!({"refusal": text}),
-                        None,
-                        Vec::new(),
-                        None,
-                    ));
+                    events.push(state.delta(index, json!({"refusal": text})));
                 }
             }
             Piece::Audio { index, delta } => {
                 if !blocked(&fates, index) {
-                    events.push(state.emit(index, json!({"audio": delta}), None, Vec::new(), None));
+                    events.push(state.delta(index, json!({"audio": delta})));
                 }
             }
             Piece::Other { index, mut delta } => {
@@ -1341,21 +1324,12 @@ async fn buffer(
                     d.remove("function_call");
                 }
                 if delta.as_object().is_some_and(|d| !d.is_empty()) {
-                    events.push(state.emit(index, delta, None, Vec::new(), None));
+                    events.push(state.delta(index, delta));
                 }
             }
             Piece::Finish { index, reason } => {
                 if blocked(&fates, index) {
-                    if !placed.contains(&index) {
-                        placed.push(index);
-                        events.push(state.emit(
-                            index,
-                            json!({"refusal": REFUSAL}),
-                            None,
-                            Vec::new(),
-                            None,
-                        ));
-                    }
+                    refuse_once(&state, &mut placed, &mut events, index);
                     let reason = Value::String("content_filter".into());
                     events.push(state.emit(index, json!({}), Some(&reason), Vec::new(), None));
                 } else {
