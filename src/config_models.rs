@@ -164,6 +164,10 @@ pub struct RewriterConfig {
     /// An edit must move its sentence's value (or the answer's, for an insertion) by at least
     /// this much.
     pub min_value_move: f32,
+    /// Whether a value below its band may be raised by inserting a sentence (from the bank, or
+    /// written by the model when it writes candidates). Off by default: read by hand, the
+    /// accepted insertions did not belong to the answers they were put into (README).
+    pub insert: bool,
     /// The value-injection bank: short fact-free sentences per value.
     pub bank: String,
     /// When a sentence that carries a value above its band may be dropped: `covered` (default)
@@ -214,6 +218,7 @@ impl Default for RewriterConfig {
             edit_model_candidates: 0,
             min_sentence_similarity: 0.6,
             min_value_move: 0.1,
+            insert: false,
             bank: "assets/edit/bank.json".into(),
             drop: DropRule::Covered,
             drop_covered_similarity: 0.75,

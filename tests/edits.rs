@@ -1,7 +1,7 @@
 //! Sentence-level enforcement through the running proxy with the real encoder, detector, value
 //! gate and calibration: one value-laden sentence of a long answer edited while the others come
-//! back byte-identical, a sentence inserted for a missing value, a drop only when no fact is
-//! lost, the time budget cutting a slow remote rewriter, the edit list in the metadata, stream
+//! back byte-identical, a sentence inserted for a missing value only when insertions are on, a
+//! drop only when no fact is lost, the time budget cutting a slow remote rewriter, the edit list in the metadata, stream
 //! windows edited without leaking what they replace, and a steering profile changing what the
 //! upstream is asked.
 //!
@@ -239,18 +239,38 @@ async fn one_sentence_is_edited_and_the_others_come_back_byte_identical() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_value_gets_one_inserted_sentence_that_adds_no_facts() {
+async fn a_missing_value_gets_one_inserted_sentence_only_when_insertions_are_on() {
     let mock = MockUpstream::start().await;
-    let proxy = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
     let original = format!("{NEUTRAL_1} {NEUTRAL_2} {NEUTRAL_3}");
-    let now = scores(&proxy, &[&original], "benevolence").await[0];
     // Ask for clearly more care than the answer shows.
-    let target = (now + 0.45).min(1.0);
-    set_profile(
-        &proxy,
-        json!({"values": {"benevolence": {"target": target, "tolerance": 0.1}}, "action": "rewrite"}),
-    )
-    .await;
+    let ask = |now: f64| {
+        let target = (now + 0.45).min(1.0);
+        json!({"values": {"benevolence": {"target": target, "tolerance": 0.1}}, "action": "rewrite"})
+    };
+
+    // By default nothing is inserted: the answer comes back as it was, and the site says why.
+    let off = Proxy::start(&config(&mock, "", ""), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let now = scores(&off, &[&original], "benevolence").await[0];
+    set_profile(&off, ask(now)).await;
+    let (_, h, v) = chat(&off, answer_body(&original)).await;
+    assert_eq!(h["x-visa-action"], "fallback", "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], original, "{v}");
+    let report = &v["visa"]["choices"][0];
+    assert_eq!(report["candidates"], 0, "{v}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("insertions are off"),
+        "{v}"
+    );
+    drop(off);
+
+    let proxy = Proxy::start(
+        &config(&mock, "edit_model_candidates = 0\ninsert = true", ""),
+        &[("VISA_ADMIN_KEY", ADMIN)],
+    );
+    set_profile(&proxy, ask(now)).await;
     let (_, h, v) = chat(&proxy, answer_body(&original)).await;
     assert_eq!(h["x-visa-action"], "rewritten", "{v}");
     let text = v["choices"][0]["message"]["content"].as_str().unwrap();
@@ -271,6 +291,11 @@ async fn a_missing_value_gets_one_inserted_sentence_that_adds_no_facts() {
         e["after"]["benevolence"].as_f64().unwrap() > e["before"]["benevolence"].as_f64().unwrap(),
         "{e}"
     );
+    // It follows a sentence, and the audit says how close in meaning it is to that sentence.
+    if e.get("sentence").is_some() {
+        let sim = e["similarity"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&sim), "{e}");
+    }
 }
 
 /// Power-laden sentences with no clause to cut: with no model candidates they can only go,

@@ -50,7 +50,8 @@ fn bare(w: &str) -> String {
 }
 
 /// Versions of a sentence body without one clause: the main clause alone, cut before a
-/// subordinating word (never leaving a subordinate clause open), or without a leading
+/// subordinating word that a comma (or a dash, colon, semicolon) sets off (never leaving a
+/// subordinate clause open), or without a leading
 /// subordinate clause that ends at a comma. A clause joined by a bare comma or "and" is a
 /// statement of its own and is never cut. At most four, each of at least three
 /// words, none equal to the body; the smallest cut first.
@@ -86,7 +87,13 @@ pub fn clause_trims(body: &str) -> Vec<String> {
         }
         let w = bare(core[i..].split_whitespace().next().unwrap_or(""));
         if k >= 3 {
-            let subordinate = SUBORDINATORS.contains(&w.as_str());
+            // Set off by a comma (or a dash, colon, semicolon): a clause without one restricts
+            // what comes before it ("the culture which is unhealthy", "hurt just because ...",
+            // "use it so much"), and cutting it changes or breaks the main statement.
+            let set_off = core[..i]
+                .trim_end()
+                .ends_with([',', ';', ':', '-', '\u{2014}']);
+            let subordinate = set_off && SUBORDINATORS.contains(&w.as_str());
             let head_open = starts[1..k].iter().any(|&j| {
                 SUBORDINATORS
                     .contains(&bare(core[j..].split_whitespace().next().unwrap_or("")).as_str())
@@ -178,6 +185,25 @@ mod tests {
             vec!["Arrive before everyone else."]
         );
         assert!(clause_trims("Plan the week.").is_empty());
+        // A clause not set off by a comma restricts the main statement: nothing goes. (The
+        // first cuts read by hand, on held-out arguments: "we shouldn't use it." and
+        // "... or even hurt just.")
+        assert!(
+            clause_trims(
+                "we shouldn't use it so much because it can cause suicide and cyber bullying."
+            )
+            .is_empty()
+        );
+        assert!(
+            clause_trims(
+                "social media results in the fomo culture which is unhealthy for individuals."
+            )
+            .is_empty()
+        );
+        assert!(
+            clause_trims("teaching it could cause people to be shunned or even hurt just because someone told them untrue information.")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub struct Edit {
     pub before: BTreeMap<ValueId, f32>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub after: BTreeMap<ValueId, f32>,
+    /// Encoder similarity of the new sentence to the one it replaces (a rewrite) or follows
+    /// (an insertion from the bank).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub similarity: Option<f32>,
     /// Why, in words.
@@ -411,7 +413,7 @@ impl Editor {
                         ));
                     }
                 }
-                SiteKind::Raise => {
+                SiteKind::Raise if self.config.insert => {
                     for (entry, _) in
                         self.bank
                             .closest(site.values[0], &semantic[0], BANK_CANDIDATES)
@@ -423,6 +425,7 @@ impl Editor {
                         ));
                     }
                 }
+                SiteKind::Raise => {}
             }
         }
         let to_score: Vec<(Option<String>, String)> = cheap
@@ -479,6 +482,9 @@ impl Editor {
                                     ),
                                     sampling: sampling.clone(),
                                 });
+                            }
+                            if !self.config.insert {
+                                continue;
                             }
                             let anchor = match req.scope {
                                 Scope::AppendOnly => units.last().map_or(body, |u| u.body(text)),
@@ -748,6 +754,9 @@ impl Editor {
         let Some((chosen, _)) = best else {
             report.reason = Some(match site.kind {
                 SiteKind::Lower => "no candidate lowered the sentence's values while keeping its facts and meaning".into(),
+                SiteKind::Raise if report.candidates.is_empty() && !self.config.insert => {
+                    "insertions are off (`[rewriter] insert = false`) and no model rewrote the closest sentence toward the value".into()
+                }
                 SiteKind::Raise => "no candidate added the missing value without adding facts or moving other values away".into(),
             });
             return;
@@ -826,6 +835,14 @@ impl Editor {
                 } else {
                     " "
                 };
+                // How close in meaning it is to the sentence it follows (a bank sentence),
+                // for the audit: the bank's sentences are general advice, and the reading in
+                // the README found most of them foreign to the answers they went into.
+                let similarity = anchor.and_then(|a| {
+                    let e = self.bank.entries.iter().find(|e| e.text == c.text)?;
+                    let v = semantic.get(a + 1)?;
+                    Some(v.iter().zip(&e.vector).map(|(x, y)| x * y).sum::<f32>())
+                });
                 state.inserted.push(v);
                 state.anchors.extend(anchor);
                 edits.push((
@@ -842,7 +859,7 @@ impl Editor {
                         separator: Some(sep.to_owned()),
                         before: pick(&aggregate, &values),
                         after: pick(&v, &values),
-                        similarity: None,
+                        similarity,
                         reason: c.note.clone().unwrap_or_default(),
                         values,
                     },
@@ -874,7 +891,7 @@ impl Editor {
         scope: Scope,
     ) -> Result<(f32, f32, String), String> {
         if let Some(r) = c.rejected {
-            return Err(format!("screened out: {}", rejection_name(r)));
+            return Err(format!("screened out: {}", serde_name(&r)));
         }
         let vw = self.config.value_weight;
         let band = |v: ValueId| plan::band(profile, v).unwrap_or((0.0, 1.0));
@@ -1119,9 +1136,9 @@ impl Editor {
     }
 }
 
-/// The screening's name for a rejection.
-fn rejection_name(r: EditRejection) -> String {
-    serde_json::to_value(r)
+/// A unit enum's serde name (`inserted`, `bank`, a screening rejection's).
+pub fn serde_name(x: &impl Serialize) -> String {
+    serde_json::to_value(x)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()

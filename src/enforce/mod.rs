@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::{EnforceConfig, RewriteMode};
-use crate::edit::{Edit, EditRequest, Editor, Scope};
+use crate::edit::{Edit, EditRequest, Editor, Scope, serde_name};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
 use crate::rewriter::{Decision, Rewriter};
@@ -391,12 +391,8 @@ impl Enforcer {
         let action = match (outcome.decision, profile.fallback) {
             (Decision::Rewritten, _) => {
                 for e in &outcome.edits {
-                    let kind = serde_json::to_value(e.kind).ok();
-                    let source = serde_json::to_value(e.source).ok();
-                    self.metrics.edit(
-                        kind.as_ref().and_then(Value::as_str).unwrap_or(""),
-                        source.as_ref().and_then(Value::as_str).unwrap_or(""),
-                    );
+                    self.metrics
+                        .edit(&serde_name(&e.kind), &serde_name(&e.source));
                 }
                 report.edits = outcome.edits;
                 self.metrics.action(tenant, "rewritten", &off);

@@ -241,6 +241,7 @@ mod tests {
             second_closed: 0.0,
             kind: "single".into(),
             edits: 0,
+            applied: Vec::new(),
             added_ms: 1.0,
         }
     }

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::{Decision, RewriteBackend, Rewriter};
 use crate::config::Config;
+use crate::edit::serde_name;
 use crate::grpo::data::{self, Item};
 use crate::grpo::sample::Rng;
 use crate::models::llm::{LlmEngine, LlmStats};
@@ -114,6 +115,9 @@ pub struct ItemResult {
     /// The time enforcement took for the item (detection included), in ms.
     #[serde(default)]
     pub added_ms: f64,
+    /// The chosen edits, as `kind/source` (`inserted/bank`, `dropped/drop`, ...), in site order.
+    #[serde(default)]
+    pub applied: Vec<String>,
 }
 
 /// One rewriter's summary.
@@ -325,6 +329,7 @@ async fn evaluate(
             generate_ms: r.generate_ms,
             kind: kind.to_owned(),
             edits: 0,
+            applied: Vec::new(),
             added_ms,
         });
     }
@@ -367,6 +372,12 @@ async fn evaluate_edits(
             .map_err(|e| anyhow::anyhow!("edit: {}", e.message))?;
         let added_ms = started.elapsed().as_secs_f64() * 1e3;
         let edits = r.sites.iter().filter(|s| s.chosen.is_some()).count();
+        let applied = r
+            .sites
+            .iter()
+            .filter_map(|s| s.candidates.get(s.chosen?))
+            .map(|c| format!("{}/{}", serde_name(&c.kind), serde_name(&c.source)))
+            .collect();
         let (rewrite, l2, cosine, consistency) = match (&r.assembled, &r.after) {
             (Some(t), Some(s)) => (t.clone(), s.fit.distance, s.fit.cosine, s.integrity),
             // No edit passed its checks: the proxy returns the original.
@@ -394,6 +405,7 @@ async fn evaluate_edits(
             kind: kind.to_owned(),
             edits,
             added_ms,
+            applied,
         });
     }
     Ok(out)
@@ -624,6 +636,7 @@ mod tests {
             },
             kind: "single".into(),
             edits: 0,
+            applied: Vec::new(),
             added_ms: 10.0,
         }
     }
