@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::config::{DropRule, RewriterConfig};
 use crate::error::ApiError;
+use crate::models::encoder::cosine;
 use crate::models::llm::{ChatMessage, Sampling};
 use crate::rewriter::{Decision, RewriteBackend, shield};
 use crate::score::{CandidateScore, EditScore, Scorer, ValueFit, facts};
@@ -819,10 +820,14 @@ impl Editor {
             }
             (_, EditKind::Inserted) => {
                 let Some(v) = new_vector else { return };
-                // After the kept sentence closest in meaning, or at the very end.
-                let anchor = match scope {
-                    Scope::AppendOnly => None,
-                    _ => self.anchor_for(c, &site, semantic, units, text, state),
+                // After the kept sentence closest in meaning, or at the very end; with a bank
+                // sentence, how close it is, for the audit (the bank's sentences are general
+                // advice, and the reading in the README found most foreign to their answers).
+                let (anchor, similarity) = match scope {
+                    Scope::AppendOnly => (None, None),
+                    _ => self
+                        .anchor_for(c, &site, semantic, units, text, state)
+                        .map_or((None, None), |(a, sim)| (Some(a), sim)),
                 };
                 let at = anchor.map_or(text.trim_end().len(), |a| units[a].end);
                 // At the end after a line without a sentence mark (a list, a heading): a
@@ -835,14 +840,6 @@ impl Editor {
                 } else {
                     " "
                 };
-                // How close in meaning it is to the sentence it follows (a bank sentence),
-                // for the audit: the bank's sentences are general advice, and the reading in
-                // the README found most of them foreign to the answers they went into.
-                let similarity = anchor.and_then(|a| {
-                    let e = self.bank.entries.iter().find(|e| e.text == c.text)?;
-                    let v = semantic.get(a + 1)?;
-                    Some(v.iter().zip(&e.vector).map(|(x, y)| x * y).sum::<f32>())
-                });
                 state.inserted.push(v);
                 state.anchors.extend(anchor);
                 edits.push((
@@ -1103,7 +1100,7 @@ impl Editor {
         units: &[Sentence],
         text: &str,
         state: &Working,
-    ) -> Option<usize> {
+    ) -> Option<(usize, Option<f32>)> {
         // A kept sentence that ends with a sentence mark, so the insertion stays a sentence of
         // its own when the answer is split again.
         let kept = |i: usize| {
@@ -1116,23 +1113,14 @@ impl Editor {
                 })
         };
         if c.source == Source::Model {
-            return site.sentence.filter(|i| kept(*i));
+            return site.sentence.filter(|i| kept(*i)).map(|i| (i, None));
         }
-        let vector = self
-            .bank
-            .entries
-            .iter()
-            .find(|e| e.text == c.text)?
-            .vector
-            .clone();
+        let vector = &self.bank.entries.iter().find(|e| e.text == c.text)?.vector;
         (0..units.len())
             .filter(|i| kept(*i))
-            .filter_map(|i| {
-                let v = semantic.get(i + 1)?;
-                Some((i, v.iter().zip(&vector).map(|(a, b)| a * b).sum::<f32>()))
-            })
+            .filter_map(|i| Some((i, cosine(semantic.get(i + 1)?, vector))))
             .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(i, _)| i)
+            .map(|(i, sim)| (i, Some(sim)))
     }
 }
 

@@ -371,13 +371,13 @@ async fn evaluate_edits(
             .await
             .map_err(|e| anyhow::anyhow!("edit: {}", e.message))?;
         let added_ms = started.elapsed().as_secs_f64() * 1e3;
-        let edits = r.sites.iter().filter(|s| s.chosen.is_some()).count();
-        let applied = r
+        let applied: Vec<String> = r
             .sites
             .iter()
             .filter_map(|s| s.candidates.get(s.chosen?))
             .map(|c| format!("{}/{}", serde_name(&c.kind), serde_name(&c.source)))
             .collect();
+        let edits = applied.len();
         let (rewrite, l2, cosine, consistency) = match (&r.assembled, &r.after) {
             (Some(t), Some(s)) => (t.clone(), s.fit.distance, s.fit.cosine, s.integrity),
             // No edit passed its checks: the proxy returns the original.
