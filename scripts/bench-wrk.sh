@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # The proxy-overhead comparison with wrk, the load generator behind the reference figures in the
-# README: the mock upstream directly, then through visa-proxy, in one run, on loopback.
-#   scripts/bench-wrk.sh [SECONDS] [CONNECTIONS...]     (defaults: 5, 1 16 64; needs wrk)
+# README: the mock upstream directly, then through visa-proxy (and optionally a peer gateway), in
+# one run, on loopback, with the proxy's CPU use and memory per point.
+#   scripts/bench-wrk.sh [SECONDS] [CONNECTIONS...]     (defaults: 5, 1 16 64 256; needs wrk)
+# env: TIERS   mock tiers, default "0 10": the mock's time to first token in ms (0: answers at
+#              once; 10: what a fast real upstream adds, so the overhead is seen as a user sees it)
+#      MODES   default "json stream"
+#      PEER_URL, PEER_KEY, PEER_PID   another OpenAI-compatible gateway started by hand with this
+#              run's mock as its upstream (its base URL up to /v1, a key it accepts, and its pid
+#              for CPU and memory); the script prints the mock's URL and waits PEER_WAIT seconds
+#              (default 0) so it can be pointed there. PEER_MODEL: the model name it routes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-5}"; shift || true
-conns=("${@:-1 16 64}"); conns=(${conns[@]})
+conns=("${@:-1 16 64 256}"); conns=(${conns[@]})
+tiers=(${TIERS:-0 10})
+modes=(${MODES:-json stream})
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/visa-proxy-target}"
 cargo build --release --quiet --bin visa-proxy --example mock_upstream
@@ -15,7 +25,8 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-"$bin/examples/mock_upstream" 127.0.0.1:0 >"$work/mock.out" 2>&1 &
+MOCK_ADDR="${MOCK_ADDR:-127.0.0.1:0}"
+"$bin/examples/mock_upstream" "$MOCK_ADDR" >"$work/mock.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do grep -q listening "$work/mock.out" && break; sleep 0.1; done
 mock_url="$(sed -n 's/^mock upstream listening on //p' "$work/mock.out")"
@@ -34,27 +45,57 @@ api_key_sha256 = ["$hash"]
 upstreams = ["mock"]
 TOML
 "$bin/visa-proxy" serve --config "$work/config.toml" --listen 127.0.0.1:0 >"$work/proxy.out" 2>/dev/null &
-pids+=($!)
-for _ in $(seq 50); do grep -q listening "$work/proxy.out" && break; sleep 0.1; done
+proxy_pid=$!
+pids+=($proxy_pid)
+for _ in $(seq 100); do grep -q listening "$work/proxy.out" && break; sleep 0.1; done
 proxy_url="$(sed -n 's/^visa-proxy listening on //p' "$work/proxy.out")"
+echo "mock upstream: $mock_url"
+if [ -n "${PEER_URL:-}" ]; then sleep "${PEER_WAIT:-0}"; fi
 
-for mode in json stream; do
+# CPU seconds (user + system) a process has used so far, and its resident and peak memory.
+ticks=$(getconf CLK_TCK)
+cpu_s() { awk -v t="$ticks" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+rss_mb() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+hwm_mb() { awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+echo "visa-proxy idle: RSS $(rss_mb "$proxy_pid") MB"
+
+printf '%-6s %-6s %-5s %-6s %10s %10s %10s %7s %9s %9s  %s\n' \
+  mode ttft conc target "req/s" "p50" "p99" "cpu%" "rss MB" "peak MB" note
+for mode in "${modes[@]}"; do
   stream=false; [ "$mode" = stream ] && stream=true
-  cat >"$work/post.lua" <<LUA
+  for tier in "${tiers[@]}"; do
+    mock_field=""; [ "$tier" != 0 ] && mock_field=",\"mock\":{\"ttft_ms\":$tier}"
+    for c in "${conns[@]}"; do
+      targets=(direct proxy); [ -n "${PEER_URL:-}" ] && targets+=(peer)
+      for target in "${targets[@]}"; do
+        model=bench; key=sk-bench; pid=""
+        case "$target" in
+          direct) url="$mock_url/chat/completions" ;;
+          proxy) url="$proxy_url/v1/chat/completions"; pid=$proxy_pid ;;
+          peer) url="${PEER_URL%/}/chat/completions"; key="${PEER_KEY:-}"; model="${PEER_MODEL:-bench}"; pid="${PEER_PID:-}" ;;
+        esac
+        cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
-wrk.body   = '{"model":"bench","stream":$stream,"messages":[{"role":"user","content":"hello benchmark"}]}'
+wrk.body   = '{"model":"$model","stream":$stream,"messages":[{"role":"user","content":"hello benchmark"}]$mock_field}'
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-bench"
+wrk.headers["Authorization"] = "Bearer $key"
 LUA
-  for c in "${conns[@]}"; do
-    for target in direct proxy; do
-      if [ "$target" = direct ]; then url="$mock_url/chat/completions"; else url="$proxy_url/v1/chat/completions"; fi
-      out="$(wrk -t1 -c"$c" -d"${secs}s" --latency -s "$work/post.lua" "$url")"
-      rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
-      p50="$(awk '$1=="50%" {print $2}' <<<"$out")"
-      p99="$(awk '$1=="99%" {print $2}' <<<"$out")"
-      bad="$(awk '/Non-2xx/ {print $5}' <<<"$out")"
-      printf '%-6s c=%-3s %-6s %10s req/s  p50 %-9s p99 %-9s %s\n' "$mode" "$c" "$target" "$rps" "$p50" "$p99" "${bad:+non-2xx: $bad}"
+        before=""; [ -n "$pid" ] && before="$(cpu_s "$pid")"
+        started=$(date +%s.%N)
+        out="$(wrk -t1 -c"$c" -d"${secs}s" --latency -s "$work/post.lua" "$url")"
+        ended=$(date +%s.%N)
+        cpu="-"; rss="-"; hwm="-"
+        if [ -n "$pid" ]; then
+          cpu="$(awk -v a="$before" -v b="$(cpu_s "$pid")" -v s="$started" -v e="$ended" 'BEGIN {printf "%.0f", 100 * (b - a) / (e - s)}')"
+          rss="$(rss_mb "$pid")"; hwm="$(hwm_mb "$pid")"
+        fi
+        rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
+        p50="$(awk '$1=="50%" {print $2}' <<<"$out")"
+        p99="$(awk '$1=="99%" {print $2}' <<<"$out")"
+        bad="$(awk '/Non-2xx/ {print "non-2xx: " $5}' <<<"$out")"
+        printf '%-6s %-6s %-5s %-6s %10s %10s %10s %7s %9s %9s  %s\n' \
+          "$mode" "${tier}ms" "$c" "$target" "$rps" "$p50" "$p99" "$cpu" "$rss" "$hwm" "$bad"
+      done
     done
   done
 done

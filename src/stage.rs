@@ -38,6 +38,12 @@ pub struct StageJson {
 }
 
 pub trait ResponseStage: Send + Sync + 'static {
+    /// The stage neither changes this tenant's requests nor looks at its answers, so both can
+    /// be forwarded as bytes (the gateway's fast path). The default: it may do either.
+    fn passes_through(&self, _tenant: &Tenant) -> bool {
+        false
+    }
+
     /// Change the request before it goes upstream (e.g. a steering system message); the
     /// default leaves it alone.
     fn prepare(&self, _tenant: &Tenant, _body: &mut serde_json::Map<String, serde_json::Value>) {}

@@ -230,6 +230,80 @@ async fn alias_maps_to_upstream_model() {
     );
 }
 
+/// A tenant without a profile takes the fast path: the request goes upstream as the client
+/// wrote it, byte for byte, except for an aliased model name, which is spliced in.
+#[tokio::test]
+async fn without_a_profile_the_body_is_forwarded_as_sent_with_the_alias_spliced() {
+    let (mock, proxy) = setup().await;
+    let send = |body: &'static str| {
+        client()
+            .post(proxy.url("/v1/chat/completions"))
+            .bearer_auth("sk-acme")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Odd spacing, key order, escapes and a number serde_json would print differently.
+    let sent = "{ \"temperature\" : 0.50, \"model\":\"fast\" ,\n \"messages\": [{\"role\":\"user\",\"content\":\"caf\\u00e9\"}], \"x_extra\": {\"k\": [1, 2e3]}}";
+    let resp = send(sent).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = mock.state.last_request().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got.raw),
+        sent.replace("\"fast\"", "\"mock-small\"")
+    );
+    assert_eq!(got.body["messages"][0]["content"], "café");
+    // Without an alias the bytes are untouched; streams take the same path.
+    let sent = "{\"model\": \"gpt-test\", \"stream\": true, \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}";
+    let resp = send(sent).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(sse_payloads(resp).await.last().unwrap(), "[DONE]");
+    assert_eq!(mock.state.last_request().unwrap().raw, sent.as_bytes());
+    // A field the proxy reads, given twice, is refused: the proxy and the upstream must not
+    // read different models.
+    let before = mock.state.request_count();
+    let resp = send("{\"model\":\"fast\",\"messages\":[{}],\"model\":\"mock-large\"}")
+        .await
+        .unwrap();
+    let e = assert_error(resp, 422, "invalid_type").await;
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate field `model`"),
+        "{e}"
+    );
+    assert_eq!(mock.state.request_count(), before);
+}
+
+/// The fast path's streams reach the client as the upstream sent them: comments, `event:` and
+/// `id:` fields, CRLF line ends and the exact JSON bytes, with every event still checked.
+#[tokio::test]
+async fn without_a_profile_stream_events_pass_byte_for_byte() {
+    let (_mock, proxy) = setup().await;
+    let events = json!([
+        ": keep-alive\n\n",
+        "event: delta\r\nid: 7\r\ndata: {\"id\":\"c\", \"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\r\n\r\n",
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": " there"}, "finish_reason": "stop"}]},
+    ]);
+    let resp = post_chat(
+        &proxy,
+        "sk-acme",
+        chat_body(json!({"stream": true, "mock": {"events": events, "delay_ms": 20}})),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = resp.text().await.unwrap();
+    let third = format!("data: {}\n\n", events[2]);
+    let expected = format!(
+        "{}{}{third}data: [DONE]\n\n",
+        events[0].as_str().unwrap(),
+        events[1].as_str().unwrap()
+    );
+    assert_eq!(text, expected);
+}
+
 #[tokio::test]
 async fn tool_calls_pass_through() {
     let (_mock, proxy) = setup().await;

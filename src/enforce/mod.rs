@@ -839,6 +839,12 @@ impl ResponseStage for EnforceStage {
         }
     }
 
+    /// A tenant without a profile: nothing to steer, detect or rewrite. (A profile saved while
+    /// such a request is in flight applies from the next request on.)
+    fn passes_through(&self, tenant: &crate::tenants::Tenant) -> bool {
+        self.0.profiles.get(&tenant.id).is_none()
+    }
+
     fn json(
         &self,
         ctx: StageContext,

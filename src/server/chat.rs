@@ -14,92 +14,15 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 use super::AppState;
-use super::extract::JsonBody;
+use super::chat_body;
+use super::extract::RawBody;
 use super::observe::RequestId;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::ApiError;
 use crate::stage::{StageContext, StageStream};
 use crate::tenants::Tenant;
 use crate::upstream::{ChatCall, UpstreamError, UpstreamTimer, sse};
 
 pub const UPSTREAM_HEADER: HeaderName = HeaderName::from_static("x-visa-upstream");
-
-/// The fields the proxy reads; everything else is forwarded untouched.
-#[derive(Debug)]
-struct ChatFields {
-    model: String,
-    stream: bool,
-}
-
-fn required_string(body: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Err(ApiError::invalid_request(format!(
-            "you must provide a '{field}' parameter"
-        ))
-        .with_param(field)),
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        Some(Value::String(_)) => {
-            Err(ApiError::invalid_request(format!("'{field}' must not be empty")).with_param(field))
-        }
-        Some(other) => Err(wrong_type(field, "a string", other)),
-    }
-}
-
-fn wrong_type(field: &str, expected: &str, got: &Value) -> ApiError {
-    let kind = match got {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    };
-    ApiError::new(
-        ErrorKind::Unprocessable,
-        format!("'{field}' must be {expected}, not {kind}"),
-    )
-    .with_param(field)
-}
-
-fn check(body: &Map<String, Value>) -> Result<ChatFields, ApiError> {
-    let model = required_string(body, "model")?;
-    match body.get("messages") {
-        None | Some(Value::Null) => {
-            return Err(
-                ApiError::invalid_request("you must provide a 'messages' parameter")
-                    .with_param("messages"),
-            );
-        }
-        Some(Value::Array(m)) if m.is_empty() => {
-            return Err(
-                ApiError::invalid_request("'messages' must hold at least one message")
-                    .with_param("messages"),
-            );
-        }
-        Some(Value::Array(m)) => {
-            if let Some(i) = m.iter().position(|msg| !msg.is_object()) {
-                return Err(wrong_type(&format!("messages[{i}]"), "an object", &m[i]));
-            }
-        }
-        Some(other) => return Err(wrong_type("messages", "an array", other)),
-    }
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(wrong_type("stream", "a boolean", other)),
-    };
-    match body.get("stream_options") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(_)) if stream => {}
-        Some(Value::Object(_)) => {
-            return Err(ApiError::invalid_request(
-                "'stream_options' is only allowed when 'stream' is true",
-            )
-            .with_param("stream_options"));
-        }
-        Some(other) => return Err(wrong_type("stream_options", "an object", other)),
-    }
-    Ok(ChatFields { model, stream })
-}
 
 #[utoipa::path(
     post,
@@ -129,15 +52,47 @@ pub async fn chat_completions(
     Extension(RequestId(request_id)): Extension<RequestId>,
     Extension(timer): Extension<UpstreamTimer>,
     client_headers: HeaderMap,
-    JsonBody(mut body): JsonBody<Map<String, Value>>,
+    RawBody(raw): RawBody,
 ) -> Result<Response, UpstreamError> {
-    let fields = check(&body)?;
+    let fields = chat_body::read(&raw)?;
     let route = state.upstreams.route(&tenant, &fields.model)?;
+    let bytes = match &route.model {
+        Some(model) => fields.with_model(&raw, model),
+        None => raw,
+    };
+    let upstream_name = HeaderValue::from_str(route.upstream.name()).ok();
+    if state.stage.passes_through(&tenant) {
+        let call = ChatCall {
+            body: bytes,
+            stream: fields.stream,
+            request_id,
+            timer,
+        };
+        return if fields.stream {
+            let reply = route.upstream.chat_stream_bytes(call).await?;
+            let body = futures_util::stream::once(async move { Ok(reply.first) })
+                .chain(reply.rest)
+                .map(|item| Ok::<Bytes, Infallible>(item.unwrap_or_else(|e| sse::encode(&Err(e)))));
+            Ok(stream_response(
+                reply.headers,
+                upstream_name,
+                Body::from_stream(body),
+            ))
+        } else {
+            let reply = route.upstream.chat_json(call).await?;
+            Ok(json_response(
+                reply.status,
+                reply.headers,
+                upstream_name,
+                reply.body,
+            ))
+        };
+    }
+
+    // A stage looks at this request: it gets the body as JSON.
+    let mut body: Map<String, Value> = super::extract::parse(&bytes)?;
     // A steering profile adds its system message here; the client never sees it.
     state.stage.prepare(&tenant, &mut body);
-    if let Some(model) = &route.model {
-        body.insert("model".into(), Value::String(model.clone()));
-    }
     let request = Value::Object(body);
     let bytes = serde_json::to_vec(&request)
         .map(Bytes::from)
@@ -157,7 +112,6 @@ pub async fn chat_completions(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1"),
     };
-    let upstream_name = HeaderValue::from_str(route.upstream.name()).ok();
 
     if fields.stream {
         let reply = route.upstream.chat_stream(call).await?;
@@ -174,87 +128,55 @@ pub async fn chat_completions(
             .await?;
         let mut headers = reply.headers;
         headers.extend(staged.headers);
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        if let Some(v) = upstream_name {
-            headers.insert(UPSTREAM_HEADER, v);
-        }
         let events = futures_util::stream::once(async move { Ok(staged.first) })
             .chain(staged.rest)
             .map(|item| Ok::<Bytes, Infallible>(sse::encode(&item)));
-        Ok((StatusCode::OK, headers, Body::from_stream(events)).into_response())
+        Ok(stream_response(
+            headers,
+            upstream_name,
+            Body::from_stream(events),
+        ))
     } else {
         let reply = route.upstream.chat_json(call).await?;
         let staged = state.stage.json(ctx, reply.body).await?;
         let mut headers = reply.headers;
         headers.extend(staged.headers);
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(v) = upstream_name {
-            headers.insert(UPSTREAM_HEADER, v);
-        }
-        Ok((reply.status, headers, staged.body).into_response())
+        Ok(json_response(
+            reply.status,
+            headers,
+            upstream_name,
+            staged.body,
+        ))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn obj(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap()
+/// An SSE response with the headers every stream gets.
+fn stream_response(mut headers: HeaderMap, upstream: Option<HeaderValue>, body: Body) -> Response {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(v) = upstream {
+        headers.insert(UPSTREAM_HEADER, v);
     }
+    (StatusCode::OK, headers, body).into_response()
+}
 
-    #[test]
-    fn checks_required_fields_and_types() {
-        let ok = check(&obj(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}))).unwrap();
-        assert!(ok.stream);
-        assert_eq!(ok.model, "m");
-
-        let e = check(&obj(json!({"messages":[{"role":"user"}]}))).unwrap_err();
-        assert_eq!(
-            (e.status().as_u16(), e.param.as_deref()),
-            (400, Some("model"))
-        );
-
-        let e = check(&obj(json!({"model":"m"}))).unwrap_err();
-        assert_eq!(
-            (e.status().as_u16(), e.param.as_deref()),
-            (400, Some("messages"))
-        );
-
-        let e = check(&obj(json!({"model":"m","messages":"hi"}))).unwrap_err();
-        assert_eq!(
-            (e.status().as_u16(), e.param.as_deref()),
-            (422, Some("messages"))
-        );
-
-        let e = check(&obj(
-            json!({"model":"m","messages":[{"role":"user"}],"stream":"yes"}),
-        ))
-        .unwrap_err();
-        assert_eq!(
-            (e.status().as_u16(), e.param.as_deref()),
-            (422, Some("stream"))
-        );
-
-        let e = check(&obj(json!({"model":"m","messages":[{"role":"user"}],"stream_options":{"include_usage":true}}))).unwrap_err();
-        assert_eq!(
-            (e.status().as_u16(), e.param.as_deref()),
-            (400, Some("stream_options"))
-        );
-
-        let e = check(&obj(json!({"model":7,"messages":[{"role":"user"}]}))).unwrap_err();
-        assert_eq!(
-            (e.status().as_u16(), e.param.as_deref()),
-            (422, Some("model"))
-        );
+/// A JSON response with the upstream's status and passed-back headers.
+fn json_response(
+    status: StatusCode,
+    mut headers: HeaderMap,
+    upstream: Option<HeaderValue>,
+    body: Bytes,
+) -> Response {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(v) = upstream {
+        headers.insert(UPSTREAM_HEADER, v);
     }
+    (status, headers, body).into_response()
 }

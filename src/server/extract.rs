@@ -20,17 +20,37 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    ErrorKind::PayloadTooLarge,
-                    "The request body is larger than this proxy accepts (server.max_body_bytes).",
-                )
-            } else {
-                ApiError::invalid_request(format!("Could not read the request body: {rejection}"))
-            }
-        })?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         parse(&bytes).map(JsonBody)
+    }
+}
+
+/// The body's bytes, unparsed, with [`JsonBody`]'s rejections for size and read errors: for
+/// handlers that read a few fields and forward the rest as it came.
+pub struct RawBody(pub Bytes);
+
+impl<S> FromRequest<S> for RawBody
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        ErrorKind::PayloadTooLarge,
+                        "The request body is larger than this proxy accepts (server.max_body_bytes).",
+                    )
+                } else {
+                    ApiError::invalid_request(format!(
+                        "Could not read the request body: {rejection}"
+                    ))
+                }
+            })
     }
 }
 
@@ -42,7 +62,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "The request body is empty; send a JSON object.",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+    serde_json::from_slice(bytes).map_err(json_error)
+}
+
+/// A body's parse error as the client sees it: 422 for JSON of the wrong shape, else 400.
+pub fn json_error(e: serde_json::Error) -> ApiError {
+    match e.classify() {
         serde_json::error::Category::Data => ApiError::new(
             ErrorKind::Unprocessable,
             format!("The request body has the wrong shape: {e}"),
@@ -51,7 +76,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ErrorKind::InvalidJson,
             format!("We could not parse the JSON body of your request: {e}"),
         ),
-    })
+    }
 }
 
 /// `Query<T>` with an OpenAI-shaped rejection: 400 naming the query string's problem.

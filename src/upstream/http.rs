@@ -5,14 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderValue, StatusCode, header};
-use bytes::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use bytes::{Bytes, BytesMut};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use reqwest::Client;
 
+use super::passthrough::{ByteStream, Framer, Seen};
 use super::sse::{EventStream, StreamEvent, classify};
-use super::{JsonReply, StreamReply, UpstreamError};
+use super::{JsonReply, RawStreamReply, StreamReply, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::error::{ApiError, is_openai_error_body};
 use crate::metrics::Metrics;
@@ -299,14 +300,17 @@ impl HttpUpstream {
         })
     }
 
-    /// A streamed chat completion. Returns once the first event arrived (so that retries and
-    /// error statuses are still possible), with that event and the rest of the stream.
-    pub async fn chat_stream(&self, call: ChatCall) -> Result<StreamReply, UpstreamError> {
+    /// Send a stream request and check the answer's status and content type: the response,
+    /// its end-to-end headers and the first-byte deadline.
+    async fn open_stream(
+        &self,
+        call: &ChatCall,
+    ) -> Result<(reqwest::Response, HeaderMap, Instant), UpstreamError> {
         let start = Instant::now();
         let deadline = start + self.config.total_timeout();
         let first_byte_deadline = (start + self.config.first_byte_timeout()).min(deadline);
         let resp = self
-            .send_with_retries(&call, deadline, first_byte_deadline)
+            .send_with_retries(call, deadline, first_byte_deadline)
             .await?;
         if !resp.status().is_success() {
             return Err(self.error_from(resp, &call.timer).await);
@@ -315,16 +319,129 @@ impl HttpUpstream {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        if !content_type.starts_with("text/event-stream") {
+            .unwrap_or_default();
+        if !content_type
+            .get(..17)
+            .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+        {
             return Err(ApiError::bad_gateway(format!(
-                "upstream {} answered a stream request with content-type {content_type:?}, not text/event-stream",
-                self.name()
+                "upstream {} answered a stream request with content-type {:?}, not text/event-stream",
+                self.name(),
+                content_type.to_ascii_lowercase()
             ))
             .into());
         }
         let headers = super::headers::pass_back(resp.headers());
+        Ok((resp, headers, first_byte_deadline))
+    }
+
+    /// A streamed chat completion forwarded without decoding: returns once the first event
+    /// arrived (so that retries and error statuses are still possible) with the bytes up to
+    /// it and the rest of the stream, every event checked as [`Self::chat_stream`] checks it.
+    pub async fn chat_stream_raw(&self, call: ChatCall) -> Result<RawStreamReply, UpstreamError> {
+        let (resp, headers, first_byte_deadline) = self.open_stream(&call).await?;
+        let name = self.name().to_owned();
+        let idle = self.config.stream_idle_timeout();
+        let mut body = resp.bytes_stream();
+        let mut framer = Framer::default();
+        // Comment-only events before the first data event go out with it.
+        let mut lead = BytesMut::new();
+        let (first, seen) = loop {
+            let waited_from = Instant::now();
+            let next = tokio::time::timeout(
+                first_byte_deadline.saturating_duration_since(waited_from),
+                body.next(),
+            )
+            .await;
+            call.timer.add(waited_from.elapsed());
+            match next {
+                Err(_) => return Err(self.timeout_error(true)),
+                Ok(None) => {
+                    return Err(ApiError::bad_gateway(format!(
+                        "upstream {name} closed the stream before sending any event"
+                    ))
+                    .into());
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(ApiError::bad_gateway(format!(
+                        "upstream {name} stream failed: {}",
+                        error_chain(&e)
+                    ))
+                    .into());
+                }
+                Ok(Some(Ok(chunk))) => {
+                    framer.push(&chunk);
+                    match framer.take()? {
+                        Some((bytes, Seen::Nothing)) => lead.extend_from_slice(&bytes),
+                        Some((bytes, seen)) if lead.is_empty() => break (bytes, seen),
+                        Some((bytes, seen)) => {
+                            lead.extend_from_slice(&bytes);
+                            break (lead.freeze(), seen);
+                        }
+                        None => {}
+                    }
+                }
+            }
+        };
+        let timer = call.timer.clone();
+        let rest: ByteStream = if seen == Seen::Done {
+            futures_util::stream::empty().boxed()
+        } else {
+            async_stream::stream! {
+                loop {
+                    match framer.take() {
+                        Err(e) => {
+                            yield Err(e);
+                            break;
+                        }
+                        Ok(Some((bytes, seen))) => {
+                            yield Ok(bytes);
+                            if seen == Seen::Done {
+                                break;
+                            }
+                            continue;
+                        }
+                        Ok(None) => {}
+                    }
+                    let waited_from = Instant::now();
+                    let next = tokio::time::timeout(idle, body.next()).await;
+                    timer.add(waited_from.elapsed());
+                    match next {
+                        Err(_) => {
+                            yield Err(ApiError::gateway_timeout(format!(
+                                "upstream {name} sent nothing for {} ms mid-stream", idle.as_millis()
+                            )));
+                            break;
+                        }
+                        Ok(None) => {
+                            yield Err(ApiError::bad_gateway(format!(
+                                "upstream {name} closed the stream before it finished"
+                            )));
+                            break;
+                        }
+                        Ok(Some(Err(e))) => {
+                            yield Err(ApiError::bad_gateway(format!(
+                                "upstream {name} stream broke off: {}", error_chain(&e)
+                            )));
+                            break;
+                        }
+                        Ok(Some(Ok(chunk))) => framer.push(&chunk),
+                    }
+                }
+            }
+            .boxed()
+        };
+        Ok(RawStreamReply {
+            headers,
+            first,
+            rest,
+        })
+    }
+
+    /// A streamed chat completion. Returns once the first event arrived (so that retries and
+    /// error statuses are still possible), with that event and the rest of the stream.
+    pub async fn chat_stream(&self, call: ChatCall) -> Result<StreamReply, UpstreamError> {
+        let (resp, headers, first_byte_deadline) = self.open_stream(&call).await?;
         let name = self.name().to_owned();
         let idle = self.config.stream_idle_timeout();
         let mut events = resp.bytes_stream().eventsource();

@@ -4,6 +4,7 @@
 pub mod headers;
 pub mod http;
 pub mod local;
+pub mod passthrough;
 pub mod sse;
 
 use std::collections::HashMap;
@@ -35,6 +36,13 @@ pub struct StreamReply {
     pub headers: HeaderMap,
     pub first: StreamEvent,
     pub rest: EventStream,
+}
+
+/// A stream forwarded as bytes: everything up to its first event, and the rest.
+pub struct RawStreamReply {
+    pub headers: HeaderMap,
+    pub first: Bytes,
+    pub rest: passthrough::ByteStream,
 }
 
 /// Why no answer can be given: the proxy's own error, or the upstream's OpenAI-shaped error
@@ -106,6 +114,26 @@ impl Upstream {
         match self {
             Self::Http(u) => u.chat_stream(call).await,
             Self::Local(u) => u.chat_stream(call).await,
+        }
+    }
+
+    /// A stream for a request no stage looks at: the upstream's bytes as they came (HTTP), or
+    /// the local model's events encoded once.
+    pub async fn chat_stream_bytes(&self, call: ChatCall) -> Result<RawStreamReply, UpstreamError> {
+        match self {
+            Self::Http(u) => u.chat_stream_raw(call).await,
+            Self::Local(u) => {
+                use futures_util::StreamExt;
+                let reply = u.chat_stream(call).await?;
+                Ok(RawStreamReply {
+                    headers: reply.headers,
+                    first: sse::encode(&Ok(reply.first)),
+                    rest: reply
+                        .rest
+                        .map(|item| item.map(|ev| sse::encode(&Ok(ev))))
+                        .boxed(),
+                })
+            }
         }
     }
 

@@ -11,6 +11,7 @@
 //! - `{"mode":"fail","status":503,"times":2,"key":"k","openai_shaped":true}`: fail the first
 //!   `times` attempts carrying `key` (all when `times` is absent), then answer normally.
 //! - `{"mode":"hang","delay_ms":N}`: wait before any header.
+//! - `{"ttft_ms":N}` (with any mode): wait N ms before answering, as a real model would.
 //! - `{"mode":"stream_stall"}`: stream headers, then nothing.
 //! - `{"mode":"close_mid_stream","after":N}`: N chunks, then the connection breaks.
 //! - `{"mode":"malformed_sse"}`: one chunk, then an event that is not JSON.
@@ -38,6 +39,8 @@ use serde_json::{Value, json};
 pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Value,
+    /// The body's bytes as they arrived.
+    pub raw: Bytes,
 }
 
 #[derive(Default)]
@@ -252,8 +255,8 @@ impl Drop for StreamGuard {
     }
 }
 
-async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let body: Value = match serde_json::from_slice(&body) {
+async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, raw: Bytes) -> Response {
+    let body: Value = match serde_json::from_slice(&raw) {
         Ok(v) => v,
         Err(e) => {
             return (
@@ -268,6 +271,7 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
         reqs.push(Recorded {
             headers: headers.clone(),
             body: body.clone(),
+            raw: raw.clone(),
         });
         reqs.len()
     } else {
@@ -290,6 +294,10 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
         .and_then(|s| s.clone())
         .filter(|(m, _)| body["model"] == m.as_str());
     if let Some((_, ms)) = slow {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    // `ttft_ms`: think this long before answering (a real upstream's time to first token).
+    if let Some(ms) = mock["ttft_ms"].as_u64() {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
