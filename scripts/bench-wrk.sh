@@ -10,6 +10,8 @@
 #              run's mock as its upstream (its base URL up to /v1, a key it accepts, and its pid
 #              for CPU and memory); the script prints the mock's URL and waits PEER_WAIT seconds
 #              (default 0) so it can be pointed there. PEER_MODEL: the model name it routes.
+#      BEFORE_BIN  another visa-proxy binary (an earlier build) measured beside this one, with
+#              the same config, as target "before"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-5}"; shift || true
@@ -49,6 +51,14 @@ proxy_pid=$!
 pids+=($proxy_pid)
 for _ in $(seq 100); do grep -q listening "$work/proxy.out" && break; sleep 0.1; done
 proxy_url="$(sed -n 's/^visa-proxy listening on //p' "$work/proxy.out")"
+before_pid=""
+if [ -n "${BEFORE_BIN:-}" ]; then
+  "$BEFORE_BIN" serve --config "$work/config.toml" --listen 127.0.0.1:0 >"$work/before.out" 2>/dev/null &
+  before_pid=$!
+  pids+=($before_pid)
+  for _ in $(seq 100); do grep -q listening "$work/before.out" && break; sleep 0.1; done
+  before_url="$(sed -n 's/^visa-proxy listening on //p' "$work/before.out")"
+fi
 echo "mock upstream: $mock_url"
 if [ -n "${PEER_URL:-}" ]; then sleep "${PEER_WAIT:-0}"; fi
 
@@ -66,12 +76,14 @@ for mode in "${modes[@]}"; do
   for tier in "${tiers[@]}"; do
     mock_field=""; [ "$tier" != 0 ] && mock_field=",\"mock\":{\"ttft_ms\":$tier}"
     for c in "${conns[@]}"; do
-      targets=(direct proxy); [ -n "${PEER_URL:-}" ] && targets+=(peer)
+      targets=(direct); [ -n "$before_pid" ] && targets+=(before)
+      targets+=(proxy); [ -n "${PEER_URL:-}" ] && targets+=(peer)
       for target in "${targets[@]}"; do
         model=bench; key=sk-bench; pid=""
         case "$target" in
           direct) url="$mock_url/chat/completions" ;;
           proxy) url="$proxy_url/v1/chat/completions"; pid=$proxy_pid ;;
+          before) url="$before_url/v1/chat/completions"; pid=$before_pid ;;
           peer) url="${PEER_URL%/}/chat/completions"; key="${PEER_KEY:-}"; model="${PEER_MODEL:-bench}"; pid="${PEER_PID:-}" ;;
         esac
         cat >"$work/post.lua" <<LUA
