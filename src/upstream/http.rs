@@ -206,6 +206,10 @@ impl HttpUpstream {
     }
 
     fn timeout_error(&self, stream: bool) -> UpstreamError {
+        self.timeout(stream).into()
+    }
+
+    fn timeout(&self, stream: bool) -> ApiError {
         let (what, ms) = if stream {
             ("its first byte", self.config.first_byte_timeout_ms)
         } else {
@@ -215,7 +219,6 @@ impl HttpUpstream {
             "upstream {} did not send {what} within {ms} ms",
             self.name()
         ))
-        .into()
     }
 
     /// Turn a non-success upstream response into the error the client sees: passed through when
@@ -347,40 +350,21 @@ impl HttpUpstream {
         // Comment-only events before the first data event go out with it.
         let mut lead = BytesMut::new();
         let (first, seen) = loop {
-            let waited_from = Instant::now();
-            let next = tokio::time::timeout(
-                first_byte_deadline.saturating_duration_since(waited_from),
-                body.next(),
-            )
-            .await;
-            call.timer.add(waited_from.elapsed());
-            match next {
-                Err(_) => return Err(self.timeout_error(true)),
-                Ok(None) => {
-                    return Err(ApiError::bad_gateway(format!(
-                        "upstream {name} closed the stream before sending any event"
-                    ))
-                    .into());
+            let limit = first_byte_deadline.saturating_duration_since(Instant::now());
+            let chunk = wait_next(&mut body, limit, &call.timer, |e: &reqwest::Error| {
+                error_chain(e)
+            })
+            .await
+            .first(self)?;
+            framer.push(&chunk);
+            match framer.take()? {
+                Some((bytes, Seen::Nothing)) => lead.extend_from_slice(&bytes),
+                Some((bytes, seen)) if lead.is_empty() => break (bytes, seen),
+                Some((bytes, seen)) => {
+                    lead.extend_from_slice(&bytes);
+                    break (lead.freeze(), seen);
                 }
-                Ok(Some(Err(e))) => {
-                    return Err(ApiError::bad_gateway(format!(
-                        "upstream {name} stream failed: {}",
-                        error_chain(&e)
-                    ))
-                    .into());
-                }
-                Ok(Some(Ok(chunk))) => {
-                    framer.push(&chunk);
-                    match framer.take()? {
-                        Some((bytes, Seen::Nothing)) => lead.extend_from_slice(&bytes),
-                        Some((bytes, seen)) if lead.is_empty() => break (bytes, seen),
-                        Some((bytes, seen)) => {
-                            lead.extend_from_slice(&bytes);
-                            break (lead.freeze(), seen);
-                        }
-                        None => {}
-                    }
-                }
+                None => {}
             }
         };
         let timer = call.timer.clone();
@@ -403,29 +387,12 @@ impl HttpUpstream {
                         }
                         Ok(None) => {}
                     }
-                    let waited_from = Instant::now();
-                    let next = tokio::time::timeout(idle, body.next()).await;
-                    timer.add(waited_from.elapsed());
-                    match next {
-                        Err(_) => {
-                            yield Err(ApiError::gateway_timeout(format!(
-                                "upstream {name} sent nothing for {} ms mid-stream", idle.as_millis()
-                            )));
+                    match wait_next(&mut body, idle, &timer, |e: &reqwest::Error| error_chain(e)).await.mid_stream(&name, idle) {
+                        Ok(chunk) => framer.push(&chunk),
+                        Err(e) => {
+                            yield Err(e);
                             break;
                         }
-                        Ok(None) => {
-                            yield Err(ApiError::bad_gateway(format!(
-                                "upstream {name} closed the stream before it finished"
-                            )));
-                            break;
-                        }
-                        Ok(Some(Err(e))) => {
-                            yield Err(ApiError::bad_gateway(format!(
-                                "upstream {name} stream broke off: {}", error_chain(&e)
-                            )));
-                            break;
-                        }
-                        Ok(Some(Ok(chunk))) => framer.push(&chunk),
                     }
                 }
             }
@@ -447,30 +414,11 @@ impl HttpUpstream {
         let mut events = resp.bytes_stream().eventsource();
 
         // The first event, within the first-byte deadline.
-        let waited_from = Instant::now();
-        let first = tokio::time::timeout(
-            first_byte_deadline.saturating_duration_since(waited_from),
-            events.next(),
-        )
-        .await;
-        call.timer.add(waited_from.elapsed());
-        let first = match first {
-            Err(_) => return Err(self.timeout_error(true)),
-            Ok(None) => {
-                return Err(ApiError::bad_gateway(format!(
-                    "upstream {name} closed the stream before sending any event"
-                ))
-                .into());
-            }
-            Ok(Some(Err(e))) => {
-                return Err(
-                    ApiError::bad_gateway(format!("upstream {name} stream failed: {e}")).into(),
-                );
-            }
-            Ok(Some(Ok(ev))) => {
-                classify(&ev.data, &ev.event, &ev.id).map_err(UpstreamError::from)?
-            }
-        };
+        let limit = first_byte_deadline.saturating_duration_since(Instant::now());
+        let ev = wait_next(&mut events, limit, &call.timer, display)
+            .await
+            .first(self)?;
+        let first = classify(&ev.data, &ev.event, &ev.id)?;
 
         let timer = call.timer.clone();
         let rest: EventStream = if first == StreamEvent::Done {
@@ -478,29 +426,8 @@ impl HttpUpstream {
         } else {
             async_stream::stream! {
                 loop {
-                    let waited_from = Instant::now();
-                    let next = tokio::time::timeout(idle, events.next()).await;
-                    timer.add(waited_from.elapsed());
-                    match next {
-                        Err(_) => {
-                            yield Err(ApiError::gateway_timeout(format!(
-                                "upstream {name} sent nothing for {} ms mid-stream", idle.as_millis()
-                            )));
-                            break;
-                        }
-                        Ok(None) => {
-                            yield Err(ApiError::bad_gateway(format!(
-                                "upstream {name} closed the stream before it finished"
-                            )));
-                            break;
-                        }
-                        Ok(Some(Err(e))) => {
-                            yield Err(ApiError::bad_gateway(format!(
-                                "upstream {name} stream broke off: {e}"
-                            )));
-                            break;
-                        }
-                        Ok(Some(Ok(ev))) => match classify(&ev.data, &ev.event, &ev.id) {
+                    let next = wait_next(&mut events, idle, &timer, display).await;
+                    match next.mid_stream(&name, idle).and_then(|ev| classify(&ev.data, &ev.event, &ev.id)) {
                             Ok(StreamEvent::Done) => {
                                 yield Ok(StreamEvent::Done);
                                 break;
@@ -510,7 +437,6 @@ impl HttpUpstream {
                                 yield Err(e);
                                 break;
                             }
-                        },
                     }
                 }
             }
@@ -595,6 +521,74 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Bytes
         }
     }
     Ok(Bytes::from(buf))
+}
+
+/// How one wait for the next item of an upstream stream ended.
+enum Waited<T> {
+    Item(T),
+    TimedOut,
+    Closed,
+    Failed(String),
+}
+
+/// Wait up to `limit` for the stream's next item, the wait counted as upstream time; a
+/// failure is described by `describe` (reqwest errors with their sources).
+async fn wait_next<S, T, E>(
+    stream: &mut S,
+    limit: Duration,
+    timer: &UpstreamTimer,
+    describe: fn(&E) -> String,
+) -> Waited<T>
+where
+    S: futures_util::Stream<Item = Result<T, E>> + Unpin,
+{
+    let waited_from = Instant::now();
+    let next = tokio::time::timeout(limit, stream.next()).await;
+    timer.add(waited_from.elapsed());
+    match next {
+        Err(_) => Waited::TimedOut,
+        Ok(None) => Waited::Closed,
+        Ok(Some(Err(e))) => Waited::Failed(describe(&e)),
+        Ok(Some(Ok(item))) => Waited::Item(item),
+    }
+}
+
+impl<T> Waited<T> {
+    /// Before the first event: still an error status (and retryable by the client).
+    fn first(self, upstream: &HttpUpstream) -> Result<T, ApiError> {
+        let name = upstream.name();
+        match self {
+            Waited::Item(item) => Ok(item),
+            Waited::TimedOut => Err(upstream.timeout(true)),
+            Waited::Closed => Err(ApiError::bad_gateway(format!(
+                "upstream {name} closed the stream before sending any event"
+            ))),
+            Waited::Failed(e) => Err(ApiError::bad_gateway(format!(
+                "upstream {name} stream failed: {e}"
+            ))),
+        }
+    }
+
+    /// After the first event: the error the client's stream ends with.
+    fn mid_stream(self, name: &str, idle: Duration) -> Result<T, ApiError> {
+        match self {
+            Waited::Item(item) => Ok(item),
+            Waited::TimedOut => Err(ApiError::gateway_timeout(format!(
+                "upstream {name} sent nothing for {} ms mid-stream",
+                idle.as_millis()
+            ))),
+            Waited::Closed => Err(ApiError::bad_gateway(format!(
+                "upstream {name} closed the stream before it finished"
+            ))),
+            Waited::Failed(e) => Err(ApiError::bad_gateway(format!(
+                "upstream {name} stream broke off: {e}"
+            ))),
+        }
+    }
+}
+
+fn display<E: std::fmt::Display>(e: &E) -> String {
+    e.to_string()
 }
 
 /// An error with its sources, e.g. "error sending request: connection refused".
