@@ -1,9 +1,14 @@
 //! Proxy overhead benchmark: the mock upstream directly and through the real `visa-proxy`
-//! binary, in the same run, on loopback, at fixed concurrency levels, for JSON and streaming
-//! requests. Prints throughput, p50/p99 latency and the latency the proxy adds.
+//! binary (and optionally a peer gateway), in the same run, on loopback, at fixed concurrency
+//! levels, for JSON and streaming requests, with and without a mock time to first token.
+//! Prints throughput, p50/p99 latency, the latency the proxy adds, and the proxy's CPU use and
+//! memory per point.
 //!
 //! `cargo bench --bench proxy` (env: BENCH_SECS per run, default 3; BENCH_CONCURRENCY, default
-//! "1,16,64").
+//! "1,16,64,256"; BENCH_TTFT, the mock's time to first token in ms, default "0,10"; PEER_URL
+//! (base URL up to /v1 of another OpenAI-compatible gateway started by hand with the printed
+//! mock URL as its upstream), PEER_KEY, PEER_MODEL (default "bench"), PEER_PID (for its CPU
+//! and memory), PEER_WAIT (seconds to wait after printing the mock URL, default 0)).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -41,28 +46,25 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 /// One HTTP/1.1 keep-alive connection per concurrent client, like wrk: the load generator
 /// should cost as little CPU as possible, since it shares the machine with both servers.
-async fn load(
-    addr: std::net::SocketAddr,
-    path: String,
-    auth: bool,
-    stream: bool,
-    concurrency: usize,
-    secs: f64,
-) -> Stats {
+async fn load(target: &Target, stream: bool, ttft_ms: u64, concurrency: usize, secs: f64) -> Stats {
     use http_body_util::{BodyExt, Full};
-    let mut body =
-        json!({"model": "bench", "messages": [{"role": "user", "content": "hello benchmark"}]});
+    let mut body = json!({"model": target.model, "messages": [{"role": "user", "content": "hello benchmark"}]});
     if stream {
         body["stream"] = json!(true);
     }
+    if ttft_ms > 0 {
+        body["mock"] = json!({"ttft_ms": ttft_ms});
+    }
     let body = bytes::Bytes::from(serde_json::to_vec(&body).unwrap());
+    let addr = target.addr;
     let warm_until = Instant::now() + Duration::from_millis(300);
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let body = body.clone();
         let stop = stop.clone();
-        let path = path.clone();
+        let path = target.path.clone();
+        let auth = target.auth.clone();
         tasks.push(tokio::spawn(async move {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
             tcp.set_nodelay(true).unwrap();
@@ -78,8 +80,8 @@ async fn load(
                 let mut req = hyper::Request::post(path.as_str())
                     .header("host", "bench")
                     .header("content-type", "application/json");
-                if auth {
-                    req = req.header("authorization", format!("Bearer {KEY}"));
+                if let Some(auth) = &auth {
+                    req = req.header("authorization", auth.as_str());
                 }
                 let req = req.body(Full::new(body.clone())).unwrap();
                 let ok = match sender.send_request(req).await {
@@ -165,16 +167,73 @@ upstreams = ["mock"]
     (child, base)
 }
 
+/// Where one series of requests goes.
+struct Target {
+    name: &'static str,
+    addr: std::net::SocketAddr,
+    path: String,
+    auth: Option<String>,
+    model: String,
+    /// Its process, for CPU and memory.
+    pid: Option<u32>,
+}
+
+/// CPU seconds (user + system) a process has used, and its resident and peak memory in MB.
+fn proc_usage(pid: u32) -> Option<(f64, f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|k| k / 1024.0)
+    };
+    Some((cpu, kb("VmRSS:")?, kb("VmHWM:")?))
+}
+
+fn env_list(name: &str, default: &str) -> Vec<u64> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+/// A peer gateway from PEER_URL (http only), if set.
+fn peer() -> Option<Target> {
+    let url = reqwest::Url::parse(&std::env::var("PEER_URL").ok()?).expect("PEER_URL");
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(
+        url.host_str().expect("PEER_URL host"),
+        url.port_or_known_default().unwrap_or(80),
+    ))
+    .expect("PEER_URL address")
+    .next()
+    .expect("PEER_URL address");
+    Some(Target {
+        name: "peer",
+        addr,
+        path: format!("{}/chat/completions", url.path().trim_end_matches('/')),
+        auth: std::env::var("PEER_KEY")
+            .ok()
+            .map(|k| format!("Bearer {k}")),
+        model: std::env::var("PEER_MODEL").unwrap_or_else(|_| "bench".into()),
+        pid: std::env::var("PEER_PID").ok().and_then(|p| p.parse().ok()),
+    })
+}
+
 fn main() {
     let secs: f64 = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
-    let levels: Vec<usize> = std::env::var("BENCH_CONCURRENCY")
-        .unwrap_or_else(|_| "1,16,64".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let levels = env_list("BENCH_CONCURRENCY", "1,16,64,256");
+    let tiers = env_list("BENCH_TTFT", "0,10");
 
     // The mock upstream runs on its own single-thread runtime, like a separate server.
     let mock_rt = tokio::runtime::Builder::new_multi_thread()
@@ -191,6 +250,33 @@ fn main() {
     let (mut proxy, proxy_base) = start_proxy(&mock.base_url(), dir.path());
     let proxy_addr: std::net::SocketAddr =
         proxy_base.trim_start_matches("http://").parse().unwrap();
+    println!("mock upstream: {}", mock.base_url());
+    let mut targets = vec![
+        Target {
+            name: "direct",
+            addr: mock.addr,
+            path: "/v1/chat/completions".into(),
+            auth: None,
+            model: "bench".into(),
+            pid: None,
+        },
+        Target {
+            name: "proxy",
+            addr: proxy_addr,
+            path: "/v1/chat/completions".into(),
+            auth: Some(format!("Bearer {KEY}")),
+            model: "bench".into(),
+            pid: Some(proxy.id()),
+        },
+    ];
+    if let Some(p) = peer() {
+        let wait: f64 = std::env::var("PEER_WAIT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
+        std::thread::sleep(Duration::from_secs_f64(wait));
+        targets.push(p);
+    }
 
     let load_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -205,48 +291,58 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(0)
     );
+    if let Some((_, rss, _)) = proc_usage(proxy.id()) {
+        println!("visa-proxy idle: RSS {rss:.1} MB");
+    }
     println!(
-        "| mode | conc | direct req/s | direct p50 ms | direct p99 ms | proxy req/s | proxy p50 ms | proxy p99 ms | added p50 ms | added p99 ms | proxy/direct throughput |"
+        "| mode | ttft ms | conc | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | x direct | cpu % | rss MB | peak MB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for stream in [false, true] {
-        for &c in &levels {
-            let direct = load_rt.block_on(load(
-                mock.addr,
-                "/v1/chat/completions".into(),
-                false,
-                stream,
-                c,
-                secs,
-            ));
-            let proxied = load_rt.block_on(load(
-                proxy_addr,
-                "/v1/chat/completions".into(),
-                true,
-                stream,
-                c,
-                secs,
-            ));
-            let rps = |s: &Stats| s.requests as f64 / s.secs;
-            println!(
-                "| {} | {} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |{}",
-                if stream { "stream" } else { "json" },
-                c,
-                rps(&direct),
-                direct.p50_us / 1e3,
-                direct.p99_us / 1e3,
-                rps(&proxied),
-                proxied.p50_us / 1e3,
-                proxied.p99_us / 1e3,
-                (proxied.p50_us - direct.p50_us) / 1e3,
-                (proxied.p99_us - direct.p99_us) / 1e3,
-                rps(&proxied) / rps(&direct),
-                if direct.errors + proxied.errors > 0 {
-                    format!(" errors: direct {} proxy {}", direct.errors, proxied.errors)
-                } else {
-                    String::new()
+        for &ttft in &tiers {
+            for &c in &levels {
+                let mut direct: Option<(f64, f64, f64)> = None;
+                for target in &targets {
+                    let before = target.pid.and_then(proc_usage);
+                    let started = Instant::now();
+                    let stats = load_rt.block_on(load(target, stream, ttft, c as usize, secs));
+                    let wall = started.elapsed().as_secs_f64();
+                    let after = target.pid.and_then(proc_usage);
+                    let rps = stats.requests as f64 / stats.secs;
+                    let (added, ratio) = match direct {
+                        None => {
+                            direct = Some((rps, stats.p50_us, stats.p99_us));
+                            ("- | -".to_owned(), "-".to_owned())
+                        }
+                        Some((d_rps, d50, d99)) => (
+                            format!(
+                                "{:.3} | {:.3}",
+                                (stats.p50_us - d50) / 1e3,
+                                (stats.p99_us - d99) / 1e3
+                            ),
+                            format!("{:.2}", rps / d_rps),
+                        ),
+                    };
+                    let usage = match (before, after) {
+                        (Some((b, _, _)), Some((a, rss, hwm))) => {
+                            format!("{:.0} | {rss:.1} | {hwm:.1}", 100.0 * (a - b) / wall)
+                        }
+                        _ => "- | - | -".to_owned(),
+                    };
+                    println!(
+                        "| {} | {ttft} | {c} | {} | {rps:.0} | {:.3} | {:.3} | {added} | {ratio} | {usage} |{}",
+                        if stream { "stream" } else { "json" },
+                        target.name,
+                        stats.p50_us / 1e3,
+                        stats.p99_us / 1e3,
+                        if stats.errors > 0 {
+                            format!(" errors: {}", stats.errors)
+                        } else {
+                            String::new()
+                        }
+                    );
                 }
-            );
+            }
         }
     }
     let _ = proxy.kill();

@@ -12,6 +12,9 @@
 #              (default 0) so it can be pointed there. PEER_MODEL: the model name it routes.
 #      BEFORE_BIN  another visa-proxy binary (an earlier build) measured beside this one, with
 #              the same config, as target "before"
+#      PROFILE     a profile (JSON) saved for the bench tenant before measuring, e.g.
+#              '{"values":{"power":{"target":0.1}},"action":"audit","audit_sample":0.1}'
+#              (without it the tenant has none and takes the fast path)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-5}"; shift || true
@@ -46,6 +49,7 @@ id = "bench"
 api_key_sha256 = ["$hash"]
 upstreams = ["mock"]
 TOML
+export VISA_ADMIN_KEY="${VISA_ADMIN_KEY:-bench-admin}"
 "$bin/visa-proxy" serve --config "$work/config.toml" --listen 127.0.0.1:0 >"$work/proxy.out" 2>/dev/null &
 proxy_pid=$!
 pids+=($proxy_pid)
@@ -60,6 +64,13 @@ if [ -n "${BEFORE_BIN:-}" ]; then
   before_url="$(sed -n 's/^visa-proxy listening on //p' "$work/before.out")"
 fi
 echo "mock upstream: $mock_url"
+if [ -n "${PROFILE:-}" ]; then
+  for url in "$proxy_url" ${before_url:+"$before_url"}; do
+    curl -fsS -X PUT -H "Authorization: Bearer $VISA_ADMIN_KEY" -H 'Content-Type: application/json' \
+      -d "$PROFILE" "$url/v1/tenants/bench/profile" >/dev/null
+  done
+  echo "profile: $PROFILE"
+fi
 if [ -n "${PEER_URL:-}" ]; then sleep "${PEER_WAIT:-0}"; fi
 
 # CPU seconds (user + system) a process has used so far, and its resident and peak memory.
@@ -111,3 +122,8 @@ LUA
     done
   done
 done
+if [ -n "${PROFILE:-}" ]; then
+  # What the profile's enforcement did during the run (sampled audits: measured or dropped).
+  curl -fsS -H "Authorization: Bearer $VISA_ADMIN_KEY" "$proxy_url/metrics" \
+    | grep -E '^visa_(audit_samples_total|enforce_actions_total)' || true
+fi

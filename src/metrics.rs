@@ -37,6 +37,11 @@ pub struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -103,6 +108,8 @@ pub struct Metrics {
     upstream_duration: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     in_flight: Family<RouteLabels, Gauge<i64, AtomicI64>>,
     rejected: Family<ReasonLabels, Counter>,
+    /// Audit samples measured after their answer was sent, by outcome.
+    audit_samples: Family<OutcomeLabels, Counter>,
     /// Shared with the encoder thread.
     pub encoder: crate::models::service::ServiceStats,
     /// Shared with the local language model.
@@ -145,6 +152,12 @@ impl Metrics {
             );
         let in_flight = Family::<RouteLabels, Gauge<i64, AtomicI64>>::default();
         let rejected = Family::<ReasonLabels, Counter>::default();
+        let audit_samples = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "audit_samples",
+            "Sampled audit answers (profile audit_sample) measured after they were sent, by outcome: measured, dropped (queue full), skipped (profile no longer an audit), incomplete (stream did not finish), too_large (a stream over 2 MiB), failed",
+            audit_samples.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests answered, by route, method, status and tenant",
@@ -291,6 +304,7 @@ impl Metrics {
             upstream_duration,
             in_flight,
             rejected,
+            audit_samples,
         }
     }
 
@@ -341,6 +355,14 @@ impl Metrics {
                 route: route.to_owned(),
             })
             .clone()
+    }
+
+    pub fn audit_sample(&self, outcome: &str) {
+        self.audit_samples
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     pub fn rejected(&self, reason: &str) {

@@ -12,6 +12,35 @@ use crate::error::ApiError;
 use crate::tenants::Tenant;
 use crate::upstream::sse::{EventStream, StreamEvent};
 
+/// How one request goes through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// The stage changes the request or looks at the answer on the way.
+    Stage,
+    /// Neither: request and answer are forwarded as bytes (the gateway's fast path).
+    PassThrough,
+    /// Forwarded as bytes, and a copy of the answer goes to [`ResponseStage::sampled`].
+    Sample,
+}
+
+/// An answer that passed through, to be looked at after it was sent.
+pub struct Sampled {
+    pub tenant: Arc<Tenant>,
+    pub request_id: String,
+    /// The request body as sent upstream.
+    pub request: Bytes,
+    pub answer: SampledAnswer,
+}
+
+pub enum SampledAnswer {
+    /// A JSON answer's body.
+    Json(Bytes),
+    /// A stream's bytes as the client received them.
+    Stream(Bytes),
+    /// A stream too long to keep a copy of.
+    TooLarge,
+}
+
 /// What a stage knows about the request it works on.
 #[derive(Clone)]
 pub struct StageContext {
@@ -38,11 +67,14 @@ pub struct StageJson {
 }
 
 pub trait ResponseStage: Send + Sync + 'static {
-    /// The stage neither changes this tenant's requests nor looks at its answers, so both can
-    /// be forwarded as bytes (the gateway's fast path). The default: it may do either.
-    fn passes_through(&self, _tenant: &Tenant) -> bool {
-        false
+    /// How this tenant's next request is handled. The default: the stage sees it.
+    fn plan(&self, _tenant: &Tenant) -> Plan {
+        Plan::Stage
     }
+
+    /// Take an answer that passed through under [`Plan::Sample`], to look at after it was
+    /// sent. Must not wait (a full queue drops it).
+    fn sampled(&self, _sample: Sampled) {}
 
     /// Change the request before it goes upstream (e.g. a steering system message); the
     /// default leaves it alone.

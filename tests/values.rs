@@ -971,3 +971,112 @@ async fn values_are_listed_in_circumplex_order() {
     );
     assert!(v["data"][0]["definition"].as_str().unwrap().len() > 20);
 }
+
+/// `audit_sample`: the answers of a sampled audit pass as the upstream sent them (no headers
+/// of the proxy's, nothing waited for), and each one drawn is measured after it was sent, in
+/// `/v1/stats` and the `visa_audit_samples_total` counter. Without the field, an audit is
+/// measured on the way again.
+#[tokio::test]
+async fn sampled_audit_measures_answers_after_they_were_sent() {
+    let (_m, p) = setup().await;
+    let (s, e) = call(
+        &p,
+        Method::PUT,
+        "/v1/profile",
+        "sk-acme",
+        Some(json!({"values": {"power": {"target": 0.1}}, "action": "audit", "audit_sample": 0})),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["param"].as_str()),
+        (422, Some("audit_sample")),
+        "{e}"
+    );
+    let (s, prof) = call(
+        &p,
+        Method::PUT,
+        "/v1/profile",
+        "sk-acme",
+        Some(json!({"values": {"power": {"target": 0.1}}, "action": "audit", "audit_sample": 1})),
+    )
+    .await;
+    assert_eq!(s, 200, "{prof}");
+    assert!(approx(&prof["audit_sample"], 1.0), "{prof}");
+
+    let ask = |stream: bool| {
+        c().post(p.url("/v1/chat/completions"))
+            .bearer_auth("sk-acme")
+            .json(&json!({"model": "m", "stream": stream,
+                "messages": [{"role": "user", "content": "hi"}],
+                "mock": {"content": "Take control and show them who is the boss.",
+                         "chunks": ["Take control", " and show them", " who is the boss."]}}))
+            .send()
+    };
+    let json_reply = ask(false).await.unwrap();
+    assert_eq!(json_reply.status(), 200);
+    assert!(
+        json_reply.headers().get("x-visa-action").is_none(),
+        "{:?}",
+        json_reply.headers()
+    );
+    let body: Value = json_reply.json().await.unwrap();
+    assert!(body.get("visa").is_none(), "{body}");
+    let stream_reply = ask(true).await.unwrap();
+    assert_eq!(stream_reply.status(), 200);
+    assert!(stream_reply.headers().get("x-visa-action").is_none());
+    let text = stream_reply.text().await.unwrap();
+    assert!(text.contains("boss") && text.contains("[DONE]"), "{text}");
+
+    // Both answers are measured, after the fact.
+    let metrics = || async {
+        c().get(p.url("/metrics"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let measured = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("visa_audit_samples_total{outcome=\"measured\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut m = String::new();
+    for _ in 0..150 {
+        m = metrics().await;
+        if measured(&m) >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(measured(&m), 2, "{m}");
+    assert!(
+        !m.contains("visa_audit_samples_total{outcome=\"dropped\"}"),
+        "{m}"
+    );
+    let (_, st) = call(&p, Method::GET, "/v1/stats", "sk-acme", None).await;
+    let acme = &st["tenants"][0];
+    assert!(
+        acme["stages"]["detect"]["count"].as_u64() >= Some(2),
+        "{st}"
+    );
+    assert!(acme["actions"]["passed"].as_u64() >= Some(2), "{st}");
+
+    // Cleared: every answer is audited on the way, with its headers.
+    let (s, prof) = call(
+        &p,
+        Method::PATCH,
+        "/v1/tenants/acme/profile",
+        ADMIN,
+        Some(json!({"audit_sample": null})),
+    )
+    .await;
+    assert_eq!(s, 200, "{prof}");
+    assert!(prof.get("audit_sample").is_none(), "{prof}");
+    let r = ask(false).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-visa-action"], "passed");
+}

@@ -2,6 +2,7 @@
 //! profile; pass it, rewrite it (shielded), or block it, as the profile says; report what was
 //! done in headers and, on request, in a `visa` object. Streams are handled in `stream`.
 
+pub mod sampled;
 pub mod steering;
 pub mod stream;
 
@@ -22,7 +23,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
 use crate::rewriter::{Decision, Rewriter};
 use crate::score::{Scorer, ValueFit};
-use crate::stage::{ResponseStage, StageContext, StageJson, StageStream};
+use crate::stage::{Plan, ResponseStage, Sampled, StageContext, StageJson, StageStream};
 use crate::store::Profiles;
 use crate::values::ValueId;
 use crate::values::ValueVector;
@@ -822,11 +823,25 @@ pub fn visa_headers(action: Option<VisaAction>, profile: &Profile) -> HeaderMap 
 }
 
 /// The response stage that enforces profiles.
-pub struct EnforceStage(pub Arc<Enforcer>);
+pub struct EnforceStage {
+    enforcer: Arc<Enforcer>,
+    /// Audit samples for the background task (`sampled`).
+    samples: tokio::sync::mpsc::Sender<Sampled>,
+}
+
+impl EnforceStage {
+    /// The stage, with the task that measures audit samples (needs a Tokio runtime).
+    pub fn new(enforcer: Arc<Enforcer>) -> Self {
+        Self {
+            samples: sampled::spawn(enforcer.clone()),
+            enforcer,
+        }
+    }
+}
 
 impl ResponseStage for EnforceStage {
     fn prepare(&self, tenant: &crate::tenants::Tenant, body: &mut serde_json::Map<String, Value>) {
-        let Some(profile) = self.0.profiles.get(&tenant.id) else {
+        let Some(profile) = self.enforcer.profiles.get(&tenant.id) else {
             return;
         };
         if !profile.steer {
@@ -839,10 +854,26 @@ impl ResponseStage for EnforceStage {
         }
     }
 
-    /// A tenant without a profile: nothing to steer, detect or rewrite. (A profile saved while
-    /// such a request is in flight applies from the next request on.)
-    fn passes_through(&self, tenant: &crate::tenants::Tenant) -> bool {
-        self.0.profiles.get(&tenant.id).is_none()
+    /// A tenant without a profile: nothing to steer, detect or rewrite. An audit with
+    /// `audit_sample`: nothing on the way, and a draw decides whether the answer is measured
+    /// after it was sent. (A profile saved while a request is in flight applies from the next
+    /// request on.)
+    fn plan(&self, tenant: &crate::tenants::Tenant) -> Plan {
+        match self.enforcer.profiles.get(&tenant.id) {
+            None => Plan::PassThrough,
+            Some(p) if p.action == Action::Audit => match p.audit_sample {
+                None => Plan::Stage,
+                Some(share) if sampled::draw() < share => Plan::Sample,
+                Some(_) => Plan::PassThrough,
+            },
+            Some(_) => Plan::Stage,
+        }
+    }
+
+    fn sampled(&self, sample: Sampled) {
+        if self.samples.try_send(sample).is_err() {
+            self.enforcer.metrics.audit_sample("dropped");
+        }
     }
 
     fn json(
@@ -850,7 +881,7 @@ impl ResponseStage for EnforceStage {
         ctx: StageContext,
         body: Bytes,
     ) -> BoxFuture<'static, Result<StageJson, ApiError>> {
-        let enforcer = self.0.clone();
+        let enforcer = self.enforcer.clone();
         Box::pin(async move { enforcer.enforce_json(ctx, body).await })
     }
 
@@ -859,7 +890,7 @@ impl ResponseStage for EnforceStage {
         ctx: StageContext,
         stream: StageStream,
     ) -> BoxFuture<'static, Result<StageStream, ApiError>> {
-        let enforcer = self.0.clone();
+        let enforcer = self.enforcer.clone();
         Box::pin(async move { stream::enforce_stream(enforcer, ctx, stream).await })
     }
 }

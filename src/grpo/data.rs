@@ -51,6 +51,7 @@ impl Item {
                 stream_mode: StreamMode::Window,
                 steer: false,
                 max_added_ms: None,
+                audit_sample: None,
             },
             0,
             0,

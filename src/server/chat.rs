@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
@@ -18,8 +18,9 @@ use super::chat_body;
 use super::extract::RawBody;
 use super::observe::RequestId;
 use crate::error::ApiError;
-use crate::stage::{StageContext, StageStream};
+use crate::stage::{Plan, ResponseStage, Sampled, SampledAnswer, StageContext, StageStream};
 use crate::tenants::Tenant;
+use crate::upstream::passthrough::ByteStream;
 use crate::upstream::{ChatCall, UpstreamError, UpstreamTimer, sse};
 
 pub const UPSTREAM_HEADER: HeaderName = HeaderName::from_static("x-visa-upstream");
@@ -61,7 +62,11 @@ pub async fn chat_completions(
         None => raw,
     };
     let upstream_name = HeaderValue::from_str(route.upstream.name()).ok();
-    if state.stage.passes_through(&tenant) {
+    let plan = state.stage.plan(&tenant);
+    if plan != Plan::Stage {
+        // Kept for the sample only: the body is shared, not copied.
+        let sample =
+            (plan == Plan::Sample).then(|| (tenant.clone(), request_id.clone(), bytes.clone()));
         let call = ChatCall {
             body: bytes,
             stream: fields.stream,
@@ -70,8 +75,19 @@ pub async fn chat_completions(
         };
         return if fields.stream {
             let reply = route.upstream.chat_stream_bytes(call).await?;
+            let rest = match sample {
+                None => reply.rest,
+                Some((tenant, request_id, request)) => tap_stream(
+                    state.stage.clone(),
+                    tenant,
+                    request_id,
+                    request,
+                    &reply.first,
+                    reply.rest,
+                ),
+            };
             let body = futures_util::stream::once(async move { Ok(reply.first) })
-                .chain(reply.rest)
+                .chain(rest)
                 .map(|item| Ok::<Bytes, Infallible>(item.unwrap_or_else(|e| sse::encode(&Err(e)))));
             Ok(stream_response(
                 reply.headers,
@@ -80,6 +96,14 @@ pub async fn chat_completions(
             ))
         } else {
             let reply = route.upstream.chat_json(call).await?;
+            if let Some((tenant, request_id, request)) = sample {
+                state.stage.sampled(Sampled {
+                    tenant,
+                    request_id,
+                    request,
+                    answer: SampledAnswer::Json(reply.body.clone()),
+                });
+            }
             Ok(json_response(
                 reply.status,
                 reply.headers,
@@ -148,6 +172,53 @@ pub async fn chat_completions(
             staged.body,
         ))
     }
+}
+
+/// A sampled stream longer than this is counted (`too_large`), not kept and measured.
+const MAX_SAMPLED_STREAM: usize = 2 * 1024 * 1024;
+
+/// A stream that keeps a copy of what the client receives and hands it to the stage once it
+/// ended normally (a client that goes away drops the copy with the stream).
+fn tap_stream(
+    stage: Arc<dyn ResponseStage>,
+    tenant: Arc<Tenant>,
+    request_id: String,
+    request: Bytes,
+    first: &Bytes,
+    mut rest: ByteStream,
+) -> ByteStream {
+    let mut copy = BytesMut::from(&first[..]);
+    let mut whole = true;
+    async_stream::stream! {
+        while let Some(item) = rest.next().await {
+            match item {
+                Ok(bytes) => {
+                    if copy.len() + bytes.len() <= MAX_SAMPLED_STREAM {
+                        copy.extend_from_slice(&bytes);
+                    } else {
+                        whole = false;
+                    }
+                    yield Ok(bytes);
+                }
+                Err(e) => {
+                    yield Err(e);
+                    return;
+                }
+            }
+        }
+        let answer = if whole {
+            SampledAnswer::Stream(copy.freeze())
+        } else {
+            SampledAnswer::TooLarge
+        };
+        stage.sampled(Sampled {
+            tenant,
+            request_id,
+            request,
+            answer,
+        });
+    }
+    .boxed()
 }
 
 /// An SSE response with the headers every stream gets.

@@ -266,7 +266,7 @@ impl AppState {
             metrics: metrics.clone(),
         });
         Ok(Self(Arc::new(Shared {
-            stage: Arc::new(EnforceStage(enforcer.clone())),
+            stage: Arc::new(EnforceStage::new(enforcer.clone())),
             enforcer,
             llm,
             profiles,

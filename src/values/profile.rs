@@ -75,6 +75,12 @@ pub struct Profile {
     /// the proxy's `[enforce] max_added_ms`; 0: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_added_ms: Option<u64>,
+    /// With `action: "audit"`, the share of answers measured, in (0, 1]; none: every answer,
+    /// measured before it is returned (and reported in its headers). With a share, the
+    /// answers drawn are measured after they were sent, off the request path, and the others
+    /// pass as bytes without any model work; the figures appear in `/v1/stats` and `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_sample: Option<f64>,
     /// Increases by one on every change, deletions included.
     pub version: u64,
     /// Unix seconds of the change that made this version.
@@ -104,6 +110,7 @@ pub struct ProfileSpec {
     pub stream_mode: StreamMode,
     pub steer: bool,
     pub max_added_ms: Option<u64>,
+    pub audit_sample: Option<f64>,
 }
 
 /// Largest `max_added_ms` a profile may set (10 minutes).
@@ -120,6 +127,8 @@ pub struct ProfilePatch {
     pub steer: Option<bool>,
     /// `Some(None)` clears it (back to the proxy's default).
     pub max_added_ms: Option<Option<u64>>,
+    /// `Some(None)` clears it (every answer is audited).
+    pub audit_sample: Option<Option<f64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -211,6 +220,7 @@ impl ProfileSpec {
             stream_mode: p.stream_mode,
             steer: p.steer,
             max_added_ms: p.max_added_ms,
+            audit_sample: p.audit_sample,
         }
     }
 
@@ -264,6 +274,9 @@ impl ProfileSpec {
         if let Some(m) = patch.max_added_ms {
             out.max_added_ms = m;
         }
+        if let Some(a) = patch.audit_sample {
+            out.audit_sample = a;
+        }
         Ok(out)
     }
 }
@@ -313,11 +326,24 @@ impl ProfilePatch {
                         )?),
                     })
                 }
+                "audit_sample" => {
+                    patch.audit_sample = Some(match v {
+                        Value::Null => None,
+                        _ => Some(v.as_f64().filter(|a| *a > 0.0 && *a <= 1.0).ok_or_else(
+                            || {
+                                err(
+                                    "audit_sample",
+                                    "'audit_sample' must be a share of answers in (0, 1], or null (every answer)",
+                                )
+                            },
+                        )?),
+                    })
+                }
                 _ => {
                     return Err(err(
                         k.as_str(),
                         format!(
-                            "unknown field '{k}'; a profile has values, action, fallback, stream_mode, steer, max_added_ms"
+                            "unknown field '{k}'; a profile has values, action, fallback, stream_mode, steer, max_added_ms, audit_sample"
                         ),
                     ));
                 }
@@ -333,6 +359,7 @@ impl ProfilePatch {
             && self.stream_mode.is_none()
             && self.steer.is_none()
             && self.max_added_ms.is_none()
+            && self.audit_sample.is_none()
     }
 }
 
@@ -345,6 +372,7 @@ impl Profile {
             stream_mode: spec.stream_mode,
             steer: spec.steer,
             max_added_ms: spec.max_added_ms,
+            audit_sample: spec.audit_sample,
             version,
             updated_at,
         }
@@ -481,6 +509,9 @@ mod tests {
             (json!({"max_added_ms": -1}), "max_added_ms"),
             (json!({"max_added_ms": 600001}), "max_added_ms"),
             (json!({"max_added_ms": 1.5}), "max_added_ms"),
+            (json!({"audit_sample": 0}), "audit_sample"),
+            (json!({"audit_sample": 1.5}), "audit_sample"),
+            (json!({"audit_sample": "half"}), "audit_sample"),
             (json!({"nonsense": 1}), "nonsense"),
             (json!([1]), "profile"),
         ];

@@ -20,6 +20,10 @@ function specOf(profile) {
     action: p.action || "audit",
     fallback: p.fallback || "original",
     stream_mode: p.stream_mode || "window",
+    // Kept as loaded so that a save from the console does not reset them.
+    steer: Boolean(p.steer),
+    max_added_ms: p.max_added_ms ?? null,
+    audit_sample: p.audit_sample ?? null,
   };
 }
 
@@ -28,8 +32,10 @@ export function changes(older, newer, names) {
   if (!newer) return ["profile deleted"];
   if (!older) return ["profile created"];
   const out = [];
-  for (const k of ["action", "fallback", "stream_mode"]) {
-    if (older[k] !== newer[k]) out.push(`${k}: ${older[k]} → ${newer[k]}`);
+  for (const k of ["action", "fallback", "stream_mode", "steer", "max_added_ms", "audit_sample"]) {
+    const a = older[k] ?? "default";
+    const b = newer[k] ?? "default";
+    if (a !== b) out.push(`${k}: ${a} → ${b}`);
   }
   const ids = new Set([...Object.keys(older.values || {}), ...Object.keys(newer.values || {})]);
   for (const id of ids) {
@@ -133,6 +139,7 @@ export async function renderProfile(main, tenantId) {
     );
     chart.setTargets(spec.values);
     for (const [k, sel] of Object.entries(selects)) sel.value = spec[k];
+    sampleInput.value = spec.audit_sample ?? "";
     clear(version, loaded ? `version ${loaded.version}` : "no profile yet");
   }
 
@@ -159,6 +166,27 @@ export async function renderProfile(main, tenantId) {
   selects.action = actionField[1];
   selects.fallback = fallbackField[1];
   selects.stream_mode = streamField[1];
+  // The share of an audit's answers measured (after they were sent); empty: every answer.
+  const sampleInput = h("input", {
+    id: "f-audit_sample",
+    type: "number",
+    min: "0",
+    max: "1",
+    step: "0.05",
+    placeholder: "every answer",
+    "data-param": "audit_sample",
+    disabled: readOnly,
+  });
+  sampleInput.addEventListener("input", () => {
+    const n = Number.parseFloat(sampleInput.value);
+    spec.audit_sample = sampleInput.value === "" ? null : Number.isFinite(n) ? n : sampleInput.value;
+    fieldError("audit_sample", null);
+  });
+  const sampleField = [
+    h("label", { for: "f-audit_sample" }, "Audit sample (share, audit only)"),
+    sampleInput,
+    h("div", { class: "field-error", "data-error-for": "audit_sample" }),
+  ];
 
   const form = h("form", { class: "editor", id: "profile-form", novalidate: true });
   function fieldError(param, message) {
@@ -199,7 +227,7 @@ export async function renderProfile(main, tenantId) {
       h("thead", {}, h("tr", {}, ["Value", "Target", "Tolerance", "Weight"].map((c) => h("th", { scope: "col" }, c)))),
       rows,
     ),
-    h("div", { class: "fields" }, h("div", {}, actionField), h("div", {}, fallbackField), h("div", {}, streamField)),
+    h("div", { class: "fields" }, h("div", {}, actionField), h("div", {}, fallbackField), h("div", {}, streamField), h("div", {}, sampleField)),
     h(
       "div",
       { class: "buttons" },

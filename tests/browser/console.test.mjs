@@ -92,6 +92,7 @@ test("edit a profile: a validation error at the field, then a save, by numbers a
   await page.locator("#on-power").check();
   await page.locator('input[data-param="values.power.target"]').fill("1.5");
   await page.locator("#f-action").selectOption("rewrite");
+  await page.locator("#f-audit_sample").fill("0.25");
   await page.locator("#save").click();
   const err = page.locator('[data-error-for="values.power.target"]');
   await err.filter({ hasText: "[0, 1]" }).waitFor();
@@ -131,6 +132,7 @@ test("edit a profile: a validation error at the field, then a save, by numbers a
   assert.equal(saved.values.benevolence.tolerance, 0.25);
   assert.equal(saved.values.power.target, 0.1);
   assert.equal(saved.action, "rewrite");
+  assert.equal(saved.audit_sample, 0.25);
   await shot("profile-editor");
 });
 
@@ -147,6 +149,7 @@ test("a translated instruction is drawn, applied and saved; history shows it and
   const saved = (await apiGet(`/v1/tenants/${TENANT}/profile`, ADMIN)).body;
   assert.ok(saved.values.power.target > before.values.power.target, JSON.stringify(saved.values));
   assert.ok(saved.values.benevolence.target < before.values.benevolence.target, JSON.stringify(saved.values));
+  assert.equal(saved.audit_sample, 0.25, "a console save keeps the fields it does not show changed");
 
   const v2 = page.locator('#history li[data-version="2"]');
   await v2.waitFor();
