@@ -128,6 +128,8 @@ async fn load(target: &Target, stream: bool, ttft_ms: u64, concurrency: usize, s
 
 fn start_proxy(mock_base: &str, dir: &std::path::Path) -> (std::process::Child, String) {
     let hash = hex::encode(visa_proxy::config::hash_key(KEY));
+    // Its own store: a profile left in the working directory's would change what is measured.
+    let db = dir.join("profiles.sqlite").display().to_string();
     let config = format!(
         r#"
 [server]
@@ -136,6 +138,8 @@ max_concurrent_requests = 100000
 level = "info"
 [llm]
 enabled = false
+[profiles]
+database = "{db}"
 [[upstreams]]
 name = "mock"
 base_url = "{mock_base}"
@@ -195,6 +199,19 @@ fn proc_usage(pid: u32) -> Option<(f64, f64, f64)> {
             .map(|k| k / 1024.0)
     };
     Some((cpu, kb("VmRSS:")?, kb("VmHWM:")?))
+}
+
+/// Steal and total CPU ticks of the machine so far (from /proc/stat).
+fn steal_ticks() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    Some((*f.get(7)?, f.iter().sum()))
 }
 
 fn env_list(name: &str, default: &str) -> Vec<u64> {
@@ -294,6 +311,7 @@ fn main() {
     if let Some((_, rss, _)) = proc_usage(proxy.id()) {
         println!("visa-proxy idle: RSS {rss:.1} MB");
     }
+    let steal_start = steal_ticks();
     println!(
         "| mode | ttft ms | conc | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | x direct | cpu % | rss MB | peak MB |"
     );
@@ -344,6 +362,15 @@ fn main() {
                 }
             }
         }
+    }
+    if let (Some((s0, t0)), Some((s1, t1))) = (steal_start, steal_ticks())
+        && t1 > t0
+    {
+        // Time the hypervisor gave to other machines: runs with much of it compare badly.
+        println!(
+            "CPU stolen by the hypervisor during the run: {:.0}%",
+            100.0 * (s1 - s0) / (t1 - t0)
+        );
     }
     let _ = proxy.kill();
     let _ = proxy.wait();

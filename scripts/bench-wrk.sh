@@ -12,6 +12,9 @@
 #              (default 0) so it can be pointed there. PEER_MODEL: the model name it routes.
 #      BEFORE_BIN  another visa-proxy binary (an earlier build) measured beside this one, with
 #              the same config, as target "before"
+#      PERF_OUT    write a flamegraph (SVG) of the proxy's CPU time during its runs there
+#              (perf record with DWARF call graphs; needs perf and inferno: cargo install inferno;
+#              best with one point, e.g. MODES=json TIERS=0 scripts/bench-wrk.sh 10 16)
 #      PROFILE     a profile (JSON) saved for the bench tenant before measuring, e.g.
 #              '{"values":{"power":{"target":0.1}},"action":"audit","audit_sample":0.1}'
 #              (without it the tenant has none and takes the fast path)
@@ -41,6 +44,8 @@ cat >"$work/config.toml" <<TOML
 max_concurrent_requests = 100000
 [llm]
 enabled = false
+[profiles]
+database = "$work/profiles.sqlite"
 [[upstreams]]
 name = "mock"
 base_url = "$mock_url"
@@ -79,6 +84,10 @@ cpu_s() { awk -v t="$ticks" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 rss_mb() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 hwm_mb() { awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 echo "visa-proxy idle: RSS $(rss_mb "$proxy_pid") MB"
+# CPU time the hypervisor gave to others (steal) over the run: figures from a run with much of
+# it are not comparable with another run's.
+steal_ticks() { awk '/^cpu / {print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+steal_start="$(steal_ticks)"
 
 printf '%-6s %-6s %-5s %-6s %10s %10s %10s %7s %9s %9s  %s\n' \
   mode ttft conc target "req/s" "p50" "p99" "cpu%" "rss MB" "peak MB" note
@@ -104,9 +113,16 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $key"
 LUA
         before=""; [ -n "$pid" ] && before="$(cpu_s "$pid")"
+        perf_pid=""
+        if [ -n "${PERF_OUT:-}" ] && [ "$target" = proxy ]; then
+          perf record -q -F 199 --call-graph dwarf,16384 -p "$pid" \
+            -o "$work/perf.$mode.$tier.$c.data" >/dev/null 2>&1 &
+          perf_pid=$!
+        fi
         started=$(date +%s.%N)
         out="$(wrk -t1 -c"$c" -d"${secs}s" --latency -s "$work/post.lua" "$url")"
         ended=$(date +%s.%N)
+        if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
         cpu="-"; rss="-"; hwm="-"
         if [ -n "$pid" ]; then
           cpu="$(awk -v a="$before" -v b="$(cpu_s "$pid")" -v s="$started" -v e="$ended" 'BEGIN {printf "%.0f", 100 * (b - a) / (e - s)}')"
@@ -122,8 +138,15 @@ LUA
     done
   done
 done
+awk -v a="$steal_start" -v b="$(steal_ticks)" 'BEGIN {split(a, x, " "); split(b, y, " ");
+  if (y[2] > x[2]) printf "CPU stolen by the hypervisor during the run: %.0f%%\n", 100 * (y[1] - x[1]) / (y[2] - x[2])}'
 if [ -n "${PROFILE:-}" ]; then
   # What the profile's enforcement did during the run (sampled audits: measured or dropped).
   curl -fsS -H "Authorization: Bearer $VISA_ADMIN_KEY" "$proxy_url/metrics" \
     | grep -E '^visa_(audit_samples_total|enforce_actions_total)' || true
+fi
+if [ -n "${PERF_OUT:-}" ]; then
+  for data in "$work"/perf.*.data; do perf script -i "$data" 2>/dev/null; done \
+    | inferno-collapse-perf | inferno-flamegraph --title "visa-proxy under wrk (${modes[*]}, c=${conns[*]})" >"$PERF_OUT"
+  echo "flamegraph: $PERF_OUT"
 fi
