@@ -147,6 +147,6 @@ if [ -n "${PROFILE:-}" ]; then
 fi
 if [ -n "${PERF_OUT:-}" ]; then
   for data in "$work"/perf.*.data; do perf script -i "$data" 2>/dev/null; done \
-    | inferno-collapse-perf | inferno-flamegraph --title "visa-proxy under wrk (${modes[*]}, c=${conns[*]})" >"$PERF_OUT"
+    | inferno-collapse-perf | inferno-flamegraph --minwidth 3 --title "visa-proxy under wrk (${modes[*]}, c=${conns[*]})" >"$PERF_OUT"
   echo "flamegraph: $PERF_OUT"
 fi
