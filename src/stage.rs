@@ -27,8 +27,6 @@ pub enum Plan {
 pub struct Sampled {
     pub tenant: Arc<Tenant>,
     pub request_id: String,
-    /// The request body as sent upstream.
-    pub request: Bytes,
     pub answer: SampledAnswer,
 }
 

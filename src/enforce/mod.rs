@@ -760,7 +760,7 @@ impl Enforcer {
 
 /// A message content as text: `Some(Some(text))` for a string or an array of text parts,
 /// `Some(None)` for null, `None` for a shape the proxy cannot read as text.
-fn content_text(content: &Value) -> Option<Option<String>> {
+pub(super) fn content_text(content: &Value) -> Option<Option<String>> {
     match content {
         Value::Null => Some(None),
         Value::String(s) => Some(Some(s.clone())),

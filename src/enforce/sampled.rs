@@ -2,16 +2,17 @@
 //! and the share drawn is measured after it was sent, by one background task behind a
 //! bounded queue (full: the sample is dropped and counted, never waited for).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::http::HeaderMap;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
+use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::Enforcer;
-use crate::stage::{Sampled, SampledAnswer, StageContext, StageStream};
+use super::{Decide, Enforcer};
+use crate::stage::{Sampled, SampledAnswer};
 use crate::upstream::sse::{StreamEvent, classify};
 use crate::values::profile::Action;
 
@@ -54,58 +55,70 @@ async fn events(body: bytes::Bytes) -> Option<Vec<StreamEvent>> {
     None
 }
 
-/// Run the audit on one sample as the request path would have; its figures go to the
-/// metrics and `/v1/stats`, its report nowhere (the answer is gone).
+/// The content text of each choice of a JSON answer; None when it is not a chat completion.
+fn json_texts(body: &[u8]) -> Option<BTreeMap<usize, String>> {
+    let answer: Value = serde_json::from_slice(body).ok()?;
+    let mut texts = BTreeMap::new();
+    for (k, c) in answer.get("choices")?.as_array()?.iter().enumerate() {
+        let index = c.get("index").and_then(Value::as_u64).unwrap_or(k as u64) as usize;
+        if let Some(Some(Some(text))) = c
+            .get("message")
+            .and_then(|m| m.get("content"))
+            .map(super::content_text)
+        {
+            texts.insert(index, text);
+        }
+    }
+    Some(texts)
+}
+
+/// Measure one sample as an audit on the request path would (the detector on each choice's
+/// text; its figures go to the metrics and `/v1/stats`), and count how that went.
 async fn measure(enforcer: &Arc<Enforcer>, job: Sampled) {
     // A profile changed since: a sample of an audit is not measured as a rewrite.
-    if !enforcer
+    let Some(profile) = enforcer
         .profiles
         .get(&job.tenant.id)
-        .is_some_and(|p| p.action == Action::Audit)
-    {
+        .filter(|p| p.action == Action::Audit)
+    else {
         enforcer.metrics.audit_sample("skipped");
         return;
-    }
-    let request = serde_json::from_slice(&job.request).unwrap_or(serde_json::Value::Null);
-    let ctx = StageContext {
-        tenant: job.tenant,
-        request_id: job.request_id,
-        request: Arc::new(request),
-        metadata: false,
     };
-    let outcome = match job.answer {
-        SampledAnswer::Json(body) => enforcer.enforce_json(ctx, body).await.map(drop),
+    let texts = match job.answer {
         SampledAnswer::TooLarge => {
             enforcer.metrics.audit_sample("too_large");
             return;
         }
-        SampledAnswer::Stream(body) => {
-            let Some(mut evs) = events(body).await else {
+        SampledAnswer::Json(body) => match json_texts(&body) {
+            Some(texts) => texts,
+            None => {
+                enforcer.metrics.audit_sample("failed");
+                return;
+            }
+        },
+        SampledAnswer::Stream(body) => match events(body).await {
+            Some(events) => super::stream::content_texts(&events),
+            None => {
                 enforcer.metrics.audit_sample("incomplete");
                 return;
-            };
-            let first = evs.remove(0);
-            let stream = StageStream {
-                first,
-                rest: futures_util::stream::iter(evs.into_iter().map(Ok)).boxed(),
-                headers: HeaderMap::new(),
-            };
-            match super::stream::enforce_stream(enforcer.clone(), ctx, stream).await {
-                Ok(out) => {
-                    out.rest.count().await;
-                    Ok(())
-                }
-                Err(e) => Err(e),
             }
-        }
+        },
     };
-    match outcome {
-        Ok(()) => enforcer.metrics.audit_sample("measured"),
-        Err(e) => {
-            tracing::debug!(error = %e.message, "a sampled answer could not be measured");
+    for (index, text) in &texts {
+        if text.trim().is_empty() {
+            continue;
+        }
+        let how = Decide::whole(None, None);
+        if let Err(e) = enforcer
+            .decide(&job.tenant.id, &profile, *index, text, how)
+            .await
+        {
+            tracing::debug!(request_id = %job.request_id, error = %e.message, "a sampled answer could not be measured");
             enforcer.metrics.audit_sample("failed");
+            return;
         }
     }
+    enforcer.metrics.audit_sample("measured");
 }
 
 #[cfg(test)]
@@ -118,6 +131,32 @@ mod tests {
         assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
         let below = draws.iter().filter(|d| **d < 0.25).count();
         assert!((400..600).contains(&below), "{below} of 2000 below 0.25");
+    }
+
+    #[test]
+    fn json_texts_read_each_choice_and_refuse_what_is_not_a_completion() {
+        let body = br#"{"choices":[{"index":0,"message":{"content":"One."}},
+            {"index":1,"message":{"content":[{"type":"text","text":"Two"},{"type":"text","text":"."}]}},
+            {"index":2,"message":{"content":null,"tool_calls":[]}}]}"#;
+        let texts = json_texts(body).unwrap();
+        assert_eq!(texts.len(), 2);
+        assert_eq!(texts[&0], "One.");
+        assert_eq!(texts[&1], "Two.");
+        assert!(json_texts(br#"{"error":{"message":"x"}}"#).is_none());
+        assert!(json_texts(b"not json").is_none());
+    }
+
+    #[tokio::test]
+    async fn stream_texts_join_each_choices_deltas() {
+        let body = bytes::Bytes::from_static(
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Take \"}}]}\n\n\
+              data: {\"choices\":[{\"index\":1,\"delta\":{\"content\":\"B\"}}]}\n\n\
+              data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"control.\"}}]}\n\n\
+              data: [DONE]\n\n",
+        );
+        let texts = crate::enforce::stream::content_texts(&events(body).await.unwrap());
+        assert_eq!(texts[&0], "Take control.");
+        assert_eq!(texts[&1], "B");
     }
 
     #[tokio::test]

@@ -141,6 +141,19 @@ impl Piece {
     }
 }
 
+/// The content text of each choice of a finished stream's events, as the client read it.
+pub(super) fn content_texts(events: &[StreamEvent]) -> BTreeMap<usize, String> {
+    let mut texts: BTreeMap<usize, String> = BTreeMap::new();
+    for d in events.iter().filter_map(StreamEvent::data) {
+        for p in pieces(d) {
+            if let Piece::Content { index, text, .. } = p {
+                texts.entry(index).or_default().push_str(&text);
+            }
+        }
+    }
+    texts
+}
+
 /// Split one chunk. Delta fields the proxy does not know are dropped (they may carry text it
 /// cannot check), and so is a chunk without `choices` that is not an error.
 fn pieces(data: &str) -> Vec<Piece> {

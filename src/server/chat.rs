@@ -64,9 +64,7 @@ pub async fn chat_completions(
     let upstream_name = HeaderValue::from_str(route.upstream.name()).ok();
     let plan = state.stage.plan(&tenant);
     if plan != Plan::Stage {
-        // Kept for the sample only: the body is shared, not copied.
-        let sample =
-            (plan == Plan::Sample).then(|| (tenant.clone(), request_id.clone(), bytes.clone()));
+        let sample = (plan == Plan::Sample).then(|| (tenant.clone(), request_id.clone()));
         let call = ChatCall {
             body: bytes,
             stream: fields.stream,
@@ -77,11 +75,10 @@ pub async fn chat_completions(
             let reply = route.upstream.chat_stream_bytes(call).await?;
             let rest = match sample {
                 None => reply.rest,
-                Some((tenant, request_id, request)) => tap_stream(
+                Some((tenant, request_id)) => tap_stream(
                     state.stage.clone(),
                     tenant,
                     request_id,
-                    request,
                     &reply.first,
                     reply.rest,
                 ),
@@ -96,11 +93,10 @@ pub async fn chat_completions(
             ))
         } else {
             let reply = route.upstream.chat_json(call).await?;
-            if let Some((tenant, request_id, request)) = sample {
+            if let Some((tenant, request_id)) = sample {
                 state.stage.sampled(Sampled {
                     tenant,
                     request_id,
-                    request,
                     answer: SampledAnswer::Json(reply.body.clone()),
                 });
             }
@@ -183,7 +179,6 @@ fn tap_stream(
     stage: Arc<dyn ResponseStage>,
     tenant: Arc<Tenant>,
     request_id: String,
-    request: Bytes,
     first: &Bytes,
     mut rest: ByteStream,
 ) -> ByteStream {
@@ -214,7 +209,6 @@ fn tap_stream(
         stage.sampled(Sampled {
             tenant,
             request_id,
-            request,
             answer,
         });
     }
