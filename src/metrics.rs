@@ -108,8 +108,8 @@ pub struct Metrics {
     upstream_duration: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     in_flight: Family<RouteLabels, Gauge<i64, AtomicI64>>,
     rejected: Family<ReasonLabels, Counter>,
-    /// Audit samples measured after their answer was sent, by outcome.
-    audit_samples: Family<OutcomeLabels, Counter>,
+    /// Audits measured after their answer was sent, by outcome.
+    deferred_audits: Family<OutcomeLabels, Counter>,
     /// Shared with the encoder thread.
     pub encoder: crate::models::service::ServiceStats,
     /// Shared with the local language model.
@@ -152,11 +152,11 @@ impl Metrics {
             );
         let in_flight = Family::<RouteLabels, Gauge<i64, AtomicI64>>::default();
         let rejected = Family::<ReasonLabels, Counter>::default();
-        let audit_samples = Family::<OutcomeLabels, Counter>::default();
+        let deferred_audits = Family::<OutcomeLabels, Counter>::default();
         registry.register(
-            "audit_samples",
-            "Sampled audit answers (profile audit_sample) measured after they were sent, by outcome: measured, dropped (queue full), skipped (profile no longer an audit), incomplete (stream did not finish), too_large (a stream over 2 MiB), failed",
-            audit_samples.clone(),
+            "deferred_audits",
+            "Audits measured after their answer was sent (sampled audits, and the full audit of a stream), by outcome: measured, dropped (queue full), skipped (profile no longer an audit), incomplete (stream did not finish), too_large (a stream over 2 MiB), failed",
+            deferred_audits.clone(),
         );
         registry.register(
             "http_requests",
@@ -304,7 +304,7 @@ impl Metrics {
             upstream_duration,
             in_flight,
             rejected,
-            audit_samples,
+            deferred_audits,
         }
     }
 
@@ -357,8 +357,8 @@ impl Metrics {
             .clone()
     }
 
-    pub fn audit_sample(&self, outcome: &str) {
-        self.audit_samples
+    pub fn deferred_audit(&self, outcome: &str) {
+        self.deferred_audits
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
             })

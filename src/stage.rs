@@ -25,7 +25,7 @@ pub enum Plan {
 
 /// An answer that passed through, to be looked at after it was sent.
 pub struct Sampled {
-    pub tenant: Arc<Tenant>,
+    pub tenant_id: String,
     pub request_id: String,
     pub answer: SampledAnswer,
 }
@@ -37,6 +37,8 @@ pub enum SampledAnswer {
     Stream(Bytes),
     /// A stream too long to keep a copy of.
     TooLarge,
+    /// The content text of each choice, already read (a stream audit's).
+    Texts(std::collections::BTreeMap<usize, String>),
 }
 
 /// What a stage knows about the request it works on.

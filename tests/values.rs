@@ -974,8 +974,8 @@ async fn values_are_listed_in_circumplex_order() {
 
 /// `audit_sample`: the answers of a sampled audit pass as the upstream sent them (no headers
 /// of the proxy's, nothing waited for), and each one drawn is measured after it was sent, in
-/// `/v1/stats` and the `visa_audit_samples_total` counter. Without the field, an audit is
-/// measured on the way again.
+/// `/v1/stats` and the `visa_deferred_audits_total` counter. Without the field, an audit is
+/// measured on the way again (JSON), or after the stream ended through the same queue.
 #[tokio::test]
 async fn sampled_audit_measures_answers_after_they_were_sent() {
     let (_m, p) = setup().await;
@@ -1040,7 +1040,7 @@ async fn sampled_audit_measures_answers_after_they_were_sent() {
     };
     let measured = |m: &str| {
         m.lines()
-            .find_map(|l| l.strip_prefix("visa_audit_samples_total{outcome=\"measured\"} "))
+            .find_map(|l| l.strip_prefix("visa_deferred_audits_total{outcome=\"measured\"} "))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
@@ -1054,7 +1054,7 @@ async fn sampled_audit_measures_answers_after_they_were_sent() {
     }
     assert_eq!(measured(&m), 2, "{m}");
     assert!(
-        !m.contains("visa_audit_samples_total{outcome=\"dropped\"}"),
+        !m.contains("visa_deferred_audits_total{outcome=\"dropped\"}"),
         "{m}"
     );
     let (_, st) = call(&p, Method::GET, "/v1/stats", "sk-acme", None).await;
@@ -1079,4 +1079,18 @@ async fn sampled_audit_measures_answers_after_they_were_sent() {
     let r = ask(false).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-visa-action"], "passed");
+
+    // A full audit of a stream is not held back either: it is measured after `[DONE]`,
+    // through the same bounded queue.
+    let r = ask(true).await.unwrap();
+    assert_eq!(r.headers()["x-visa-action"], "passed");
+    assert!(r.text().await.unwrap().contains("[DONE]"));
+    for _ in 0..150 {
+        m = metrics().await;
+        if measured(&m) >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(measured(&m), 3, "{m}");
 }

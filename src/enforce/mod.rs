@@ -2,7 +2,7 @@
 //! profile; pass it, rewrite it (shielded), or block it, as the profile says; report what was
 //! done in headers and, on request, in a `visa` object. Streams are handled in `stream`.
 
-pub mod sampled;
+pub mod deferred;
 pub mod steering;
 pub mod stream;
 
@@ -136,6 +136,8 @@ pub struct Enforcer {
     /// Longest text the value models check (`models.max_text_chars`).
     pub max_text_chars: usize,
     pub metrics: Arc<Metrics>,
+    /// Audits measured after their answer was sent (`deferred`).
+    pub deferred: tokio::sync::mpsc::Sender<Sampled>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -822,26 +824,22 @@ pub fn visa_headers(action: Option<VisaAction>, profile: &Profile) -> HeaderMap 
     h
 }
 
-/// The response stage that enforces profiles.
-pub struct EnforceStage {
-    enforcer: Arc<Enforcer>,
-    /// Audit samples for the background task (`sampled`).
-    samples: tokio::sync::mpsc::Sender<Sampled>,
-}
-
-impl EnforceStage {
-    /// The stage, with the task that measures audit samples (needs a Tokio runtime).
-    pub fn new(enforcer: Arc<Enforcer>) -> Self {
-        Self {
-            samples: sampled::spawn(enforcer.clone()),
-            enforcer,
+impl Enforcer {
+    /// Queue an audit to be measured after its answer was sent; never waits (a full queue
+    /// drops it, counted in `visa_deferred_audits_total{outcome="dropped"}`).
+    pub fn defer(&self, audit: Sampled) {
+        if self.deferred.try_send(audit).is_err() {
+            self.metrics.deferred_audit("dropped");
         }
     }
 }
 
+/// The response stage that enforces profiles.
+pub struct EnforceStage(pub Arc<Enforcer>);
+
 impl ResponseStage for EnforceStage {
     fn prepare(&self, tenant: &crate::tenants::Tenant, body: &mut serde_json::Map<String, Value>) {
-        let Some(profile) = self.enforcer.profiles.get(&tenant.id) else {
+        let Some(profile) = self.0.profiles.get(&tenant.id) else {
             return;
         };
         if !profile.steer {
@@ -859,11 +857,11 @@ impl ResponseStage for EnforceStage {
     /// after it was sent. (A profile saved while a request is in flight applies from the next
     /// request on.)
     fn plan(&self, tenant: &crate::tenants::Tenant) -> Plan {
-        match self.enforcer.profiles.get(&tenant.id) {
+        match self.0.profiles.get(&tenant.id) {
             None => Plan::PassThrough,
             Some(p) if p.action == Action::Audit => match p.audit_sample {
                 None => Plan::Stage,
-                Some(share) if sampled::draw() < share => Plan::Sample,
+                Some(share) if deferred::draw() < share => Plan::Sample,
                 Some(_) => Plan::PassThrough,
             },
             Some(_) => Plan::Stage,
@@ -871,9 +869,7 @@ impl ResponseStage for EnforceStage {
     }
 
     fn sampled(&self, sample: Sampled) {
-        if self.samples.try_send(sample).is_err() {
-            self.enforcer.metrics.audit_sample("dropped");
-        }
+        self.0.defer(sample);
     }
 
     fn json(
@@ -881,7 +877,7 @@ impl ResponseStage for EnforceStage {
         ctx: StageContext,
         body: Bytes,
     ) -> BoxFuture<'static, Result<StageJson, ApiError>> {
-        let enforcer = self.enforcer.clone();
+        let enforcer = self.0.clone();
         Box::pin(async move { enforcer.enforce_json(ctx, body).await })
     }
 
@@ -890,7 +886,7 @@ impl ResponseStage for EnforceStage {
         ctx: StageContext,
         stream: StageStream,
     ) -> BoxFuture<'static, Result<StageStream, ApiError>> {
-        let enforcer = self.enforcer.clone();
+        let enforcer = self.0.clone();
         Box::pin(async move { stream::enforce_stream(enforcer, ctx, stream).await })
     }
 }

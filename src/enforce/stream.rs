@@ -19,7 +19,7 @@ use super::{
 };
 use crate::edit::Scope;
 use crate::error::ApiError;
-use crate::stage::{StageContext, StageStream};
+use crate::stage::{Sampled, SampledAnswer, StageContext, StageStream};
 use crate::upstream::sse::StreamEvent;
 use crate::values::ValueVector;
 use crate::values::profile::{Action, Profile, StreamMode};
@@ -311,6 +311,7 @@ pub async fn enforce_stream(
         .chain(stream.rest)
         .boxed();
     let state = Windows {
+        request_id: ctx.request_id.clone(),
         context: user_request(&ctx.request),
         tenant: ctx.tenant.id.clone(),
         metadata: ctx.metadata,
@@ -433,6 +434,7 @@ impl ChoiceBuf {
 
 struct Windows {
     enforcer: Arc<Enforcer>,
+    request_id: String,
     profile: Arc<Profile>,
     tenant: String,
     context: Option<String>,
@@ -1380,8 +1382,7 @@ fn audit(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStrea
                 Err(e) => { yield Err(e); return; }
             }
         }
-        let wants_report = state.metadata;
-        let score = async move {
+        if state.metadata {
             for (index, text) in &texts {
                 if text.trim().is_empty() { continue; }
                 match state.enforcer.decide(&state.tenant, &state.profile, *index, text, Decide::whole(None, None)).await {
@@ -1389,16 +1390,17 @@ fn audit(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStrea
                     Err(e) => tracing::warn!(error = %e.message, "audit scoring failed"),
                 }
             }
-            state
-        };
-        if wants_report {
-            let mut state = score.await;
             // Usage passed through unchanged already; only the report is added.
             state.usage = None;
             for it in state.tail() { yield it; }
         } else {
-            // Scores only feed metrics: do not hold [DONE] for them.
-            tokio::spawn(async move { let _ = score.await; });
+            // Scores only feed metrics: do not hold [DONE] for them; measured after the
+            // stream ended, behind the bounded queue.
+            state.enforcer.defer(Sampled {
+                tenant_id: state.tenant.clone(),
+                request_id: state.request_id.clone(),
+                answer: SampledAnswer::Texts(texts),
+            });
             yield Ok(StreamEvent::Done);
         }
     }

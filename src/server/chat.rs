@@ -64,7 +64,7 @@ pub async fn chat_completions(
     let upstream_name = HeaderValue::from_str(route.upstream.name()).ok();
     let plan = state.stage.plan(&tenant);
     if plan != Plan::Stage {
-        let sample = (plan == Plan::Sample).then(|| (tenant.clone(), request_id.clone()));
+        let sample = (plan == Plan::Sample).then(|| (tenant.id.clone(), request_id.clone()));
         let call = ChatCall {
             body: bytes,
             stream: fields.stream,
@@ -75,9 +75,9 @@ pub async fn chat_completions(
             let reply = route.upstream.chat_stream_bytes(call).await?;
             let rest = match sample {
                 None => reply.rest,
-                Some((tenant, request_id)) => tap_stream(
+                Some((tenant_id, request_id)) => tap_stream(
                     state.stage.clone(),
-                    tenant,
+                    tenant_id,
                     request_id,
                     &reply.first,
                     reply.rest,
@@ -93,9 +93,9 @@ pub async fn chat_completions(
             ))
         } else {
             let reply = route.upstream.chat_json(call).await?;
-            if let Some((tenant, request_id)) = sample {
+            if let Some((tenant_id, request_id)) = sample {
                 state.stage.sampled(Sampled {
-                    tenant,
+                    tenant_id,
                     request_id,
                     answer: SampledAnswer::Json(reply.body.clone()),
                 });
@@ -177,7 +177,7 @@ const MAX_SAMPLED_STREAM: usize = 2 * 1024 * 1024;
 /// ended normally (a client that goes away drops the copy with the stream).
 fn tap_stream(
     stage: Arc<dyn ResponseStage>,
-    tenant: Arc<Tenant>,
+    tenant_id: String,
     request_id: String,
     first: &Bytes,
     mut rest: ByteStream,
@@ -207,7 +207,7 @@ fn tap_stream(
             SampledAnswer::TooLarge
         };
         stage.sampled(Sampled {
-            tenant,
+            tenant_id,
             request_id,
             answer,
         });

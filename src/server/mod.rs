@@ -255,6 +255,7 @@ impl AppState {
                 None
             }
         };
+        let (deferred, deferred_rx) = crate::enforce::deferred::queue();
         let enforcer = Arc::new(Enforcer {
             profiles: profiles.clone(),
             scorer,
@@ -264,9 +265,11 @@ impl AppState {
             config: config.enforce.clone(),
             max_text_chars: config.models.max_text_chars,
             metrics: metrics.clone(),
+            deferred,
         });
+        crate::enforce::deferred::spawn(Arc::downgrade(&enforcer), deferred_rx);
         Ok(Self(Arc::new(Shared {
-            stage: Arc::new(EnforceStage::new(enforcer.clone())),
+            stage: Arc::new(EnforceStage(enforcer.clone())),
             enforcer,
             llm,
             profiles,

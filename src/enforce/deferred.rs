@@ -1,10 +1,11 @@
-//! Audit by sampling: answers of an audit profile with `audit_sample` pass through as bytes,
-//! and the share drawn is measured after it was sent, by one background task behind a
-//! bounded queue (full: the sample is dropped and counted, never waited for).
+//! Audits measured after their answer was sent: the answers drawn for an audit profile with
+//! `audit_sample` (which pass through as bytes), and the full audit of a stream (which never
+//! holds a stream back). One background task measures them one at a time behind a bounded
+//! queue; when it is full an audit is dropped and counted, never waited for.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
@@ -16,8 +17,13 @@ use crate::stage::{Sampled, SampledAnswer};
 use crate::upstream::sse::{StreamEvent, classify};
 use crate::values::profile::Action;
 
-/// Samples waiting to be measured; more are dropped.
+/// Audits waiting to be measured; more are dropped.
 pub const QUEUE: usize = 256;
+
+/// The queue the enforcer feeds (`Enforcer::defer`) and the task's end of it.
+pub fn queue() -> (mpsc::Sender<Sampled>, mpsc::Receiver<Sampled>) {
+    mpsc::channel(QUEUE)
+}
 
 /// A uniform draw in [0, 1).
 pub fn draw() -> f64 {
@@ -25,18 +31,20 @@ pub fn draw() -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Start the task that measures samples; the sender feeds it.
-pub fn spawn(enforcer: Arc<Enforcer>) -> mpsc::Sender<Sampled> {
-    let (tx, mut rx) = mpsc::channel::<Sampled>(QUEUE);
+/// Start the task that measures what the queue holds (needs a Tokio runtime). It holds the
+/// enforcer weakly, so that it ends when the enforcer (and with it the sender) goes.
+pub fn spawn(enforcer: Weak<Enforcer>, mut rx: mpsc::Receiver<Sampled>) {
     // One at a time: measured on this 2-core machine, 4 at once measured no more samples
     // per second (174 against 165 in 4 s at c=16) and cost the fast path a third of its
     // throughput; the encoder is the bound either way.
     tokio::spawn(async move {
         while let Some(job) = rx.recv().await {
+            let Some(enforcer) = enforcer.upgrade() else {
+                break;
+            };
             measure(&enforcer, job).await;
         }
     });
-    tx
 }
 
 /// Decode a whole SSE body into events; None when it did not end with `[DONE]`.
@@ -78,28 +86,29 @@ async fn measure(enforcer: &Arc<Enforcer>, job: Sampled) {
     // A profile changed since: a sample of an audit is not measured as a rewrite.
     let Some(profile) = enforcer
         .profiles
-        .get(&job.tenant.id)
+        .get(&job.tenant_id)
         .filter(|p| p.action == Action::Audit)
     else {
-        enforcer.metrics.audit_sample("skipped");
+        enforcer.metrics.deferred_audit("skipped");
         return;
     };
     let texts = match job.answer {
         SampledAnswer::TooLarge => {
-            enforcer.metrics.audit_sample("too_large");
+            enforcer.metrics.deferred_audit("too_large");
             return;
         }
+        SampledAnswer::Texts(texts) => texts,
         SampledAnswer::Json(body) => match json_texts(&body) {
             Some(texts) => texts,
             None => {
-                enforcer.metrics.audit_sample("failed");
+                enforcer.metrics.deferred_audit("failed");
                 return;
             }
         },
         SampledAnswer::Stream(body) => match events(body).await {
             Some(events) => super::stream::content_texts(&events),
             None => {
-                enforcer.metrics.audit_sample("incomplete");
+                enforcer.metrics.deferred_audit("incomplete");
                 return;
             }
         },
@@ -110,15 +119,15 @@ async fn measure(enforcer: &Arc<Enforcer>, job: Sampled) {
         }
         let how = Decide::whole(None, None);
         if let Err(e) = enforcer
-            .decide(&job.tenant.id, &profile, *index, text, how)
+            .decide(&job.tenant_id, &profile, *index, text, how)
             .await
         {
             tracing::debug!(request_id = %job.request_id, error = %e.message, "a sampled answer could not be measured");
-            enforcer.metrics.audit_sample("failed");
+            enforcer.metrics.deferred_audit("failed");
             return;
         }
     }
-    enforcer.metrics.audit_sample("measured");
+    enforcer.metrics.deferred_audit("measured");
 }
 
 #[cfg(test)]
