@@ -217,15 +217,7 @@ async fn one_sentence_is_edited_and_the_others_come_back_byte_identical() {
     assert_eq!(v["visa"]["budget_ms"], 10_000, "{v}");
     assert!(report["spent_ms"].as_f64().unwrap() > 0.0, "{report}");
     // The edit is counted in /metrics.
-    let metrics = client()
-        .get(proxy.url("/metrics"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.metrics(ADMIN).await;
     assert!(
         metrics
             .lines()

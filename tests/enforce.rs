@@ -211,15 +211,7 @@ fn json_body(n: u32) -> Value {
 }
 
 async fn metric(proxy: &Proxy, name: &str, labels: &str) -> f64 {
-    let text = client()
-        .get(proxy.url("/metrics"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = proxy.metrics(ADMIN).await;
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

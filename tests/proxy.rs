@@ -963,15 +963,7 @@ async fn health_readiness_and_metrics() {
     let _ = post_chat(&proxy, "sk-wrong", chat_body(json!({}))).await;
     // Metrics are recorded when a body ends; give the server a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = c
-        .get(proxy.url("/metrics"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = proxy.metrics(ADMIN_KEY).await;
     assert!(text.contains(r#"visa_http_requests_total{route="/v1/chat/completions",method="POST",status="200",tenant="acme"} 2"#), "{text}");
     assert!(text.contains(r#"visa_http_requests_total{route="/v1/chat/completions",method="POST",status="401",tenant="-"} 1"#), "{text}");
     assert!(

@@ -1,7 +1,7 @@
 //! `train-rewriter` on the real SmolLM2 base: a warm start on the shield's picks and a few GRPO
 //! steps write a loadable adapter, a card and a log; `--resume` continues; the proxy serves the
 //! adapter (`[llm] adapter`), and its token log-probabilities differ from the base's; `eval-rewriter` compares the base and the adapter on
-//! the same held-out items.
+//! the same held-out items. The same for the sentence editor's task (`--task edit`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,11 +14,12 @@ use support::key_hash;
 use support::proxy::Proxy;
 use support::touche_dir as data_dir;
 
-/// `steps` GRPO steps (after a small warm start on 2 items unless resuming).
-fn train(out: &std::path::Path, steps: usize, resume: bool) -> std::process::Output {
+/// `steps` GRPO steps of `task` (whole: after a small warm start on 2 items unless resuming).
+fn train(task: &str, out: &std::path::Path, steps: usize, resume: bool) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_visa-proxy"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["train-rewriter", "--config", "config.toml", "--data"])
+        .args(["train-rewriter", "--task", task])
+        .args(["--config", "config.toml", "--data"])
         .arg(data_dir())
         .arg("--out")
         .arg(out)
@@ -34,7 +35,7 @@ fn train(out: &std::path::Path, steps: usize, resume: bool) -> std::process::Out
         .args(["--max-source-chars", "160"]);
     if resume {
         cmd.arg("--resume");
-    } else {
+    } else if task == "whole" {
         cmd.args([
             "--warm-start",
             "2",
@@ -59,7 +60,7 @@ fn log_lines(out: &std::path::Path) -> Vec<Value> {
 async fn training_writes_a_resumable_adapter_that_the_proxy_serves() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let run = train(&out, 2, false);
+    let run = train("whole", &out, 2, false);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains("step 2/2"), "progress lines: {stderr}");
@@ -120,7 +121,7 @@ async fn training_writes_a_resumable_adapter_that_the_proxy_serves() {
     assert!(out.join("optimizer.safetensors").is_file());
 
     // Resume: one more step, appended to the same log.
-    let run = train(&out, 3, true);
+    let run = train("whole", &out, 3, true);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains("resuming at step 2"), "{stderr}");
@@ -133,50 +134,8 @@ async fn training_writes_a_resumable_adapter_that_the_proxy_serves() {
     assert_eq!(log.len(), 3);
     assert_eq!(log[2]["step"], 3);
 
-    // The proxy merges the adapter into the base at start and answers through it.
     let adapter = out.join("adapter.safetensors");
-    let config = format!(
-        r#"
-[llm]
-adapter = "{adapter}"
-max_tokens = 24
-
-[[upstreams]]
-name = "local"
-kind = "local"
-
-[[tenants]]
-id = "home"
-api_key_sha256 = ["{home}"]
-upstreams = ["local"]
-"#,
-        adapter = adapter.display(),
-        home = key_hash("sk-home"),
-    );
-    let proxy = Proxy::start(&config, &[]);
-    assert!(
-        out.join("adapter.merged.gguf").is_file(),
-        "{}",
-        proxy.stderr()
-    );
-    let adapted = greedy_logprobs(&proxy).await;
-    drop(proxy);
-    // The served model is the trained one: on the same prompt, greedy, the base model's token
-    // log-probabilities are not the adapter's.
-    let base_config = config.replace(&format!("adapter = \"{}\"\n", adapter.display()), "");
-    assert!(!base_config.contains("adapter ="), "{base_config}");
-    let proxy = Proxy::start(&base_config, &[]);
-    let base = greedy_logprobs(&proxy).await;
-    drop(proxy);
-    let differs = adapted.len() != base.len()
-        || adapted
-            .iter()
-            .zip(&base)
-            .any(|((ta, la), (tb, lb))| ta != tb || (la - lb).abs() > 1e-4);
-    assert!(
-        differs,
-        "the adapter's answer is the base's, token for token: {adapted:?}"
-    );
+    served_and_differs(&out, &adapter).await;
 
     // eval-rewriter: the base and the adapter side by side on the same held-out items.
     let eval_dir = dir.path().join("eval");
@@ -288,6 +247,169 @@ upstreams = ["local"]
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sentence_editor_trains_on_its_own_tasks_resumes_and_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("edit");
+    let run = train("edit", &out, 2, false);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    // The items are the editor's own plans: sentences to lower or raise a value in.
+    assert!(stderr.contains("edit tasks: "), "{stderr}");
+    assert!(stderr.contains("step 2/2"), "{stderr}");
+    let log = log_lines(&out);
+    assert_eq!(log.len(), 2);
+    for line in &log {
+        let c = &line["components"];
+        let rejected = c["rejected"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&rejected), "{line}");
+        let r = line["reward_mean"].as_f64().unwrap();
+        // value_weight x progress (in [-1, 1]) + (1 - value_weight) x integrity, + the bonus
+        // for an edit serving would accept; 0 for a rejected one.
+        assert!((-1.0..=1.25).contains(&r), "{line}");
+        if rejected < 1.0 {
+            for k in ["progress", "sentence_progress", "whole_progress"] {
+                let x = c[k].as_f64().unwrap();
+                assert!((-1.0..=1.0).contains(&x), "{k}: {line}");
+            }
+            for k in ["integrity", "accepted"] {
+                let x = c[k].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&x), "{k}: {line}");
+            }
+        }
+        // Edits are one sentence: the room serving gives them, at most 24 tokens here.
+        assert!(
+            line["completion_tokens"].as_u64().unwrap() <= 4 * 24,
+            "{line}"
+        );
+    }
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter.json")).unwrap()).unwrap();
+    assert_eq!(card["data"]["task"], "edit", "{card}");
+    assert_eq!(card["options"]["task"], "edit", "{card}");
+    assert!(
+        card["reward"]["definition"]
+            .as_str()
+            .unwrap()
+            .contains("per-sentence checks"),
+        "{card}"
+    );
+    assert!(card["warm_start"].is_null(), "{card}");
+
+    // Resume: one more step on the same run.
+    let run = train("edit", &out, 3, true);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming at step 2"), "{stderr}");
+    assert!(!stderr.contains("zero moments"), "{stderr}");
+    assert_eq!(log_lines(&out).len(), 3);
+
+    // The warm start belongs to the whole-text task.
+    let bad = Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "train-rewriter",
+            "--task",
+            "edit",
+            "--warm-start",
+            "2",
+            "--data",
+        ])
+        .arg(data_dir())
+        .arg("--out")
+        .arg(dir.path().join("bad"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--warm-start is for --task whole"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    let adapter = out.join("adapter.safetensors");
+    served_and_differs(&out, &adapter).await;
+
+    // eval-rewriter: the prompt-only editor and the trained one, with one model candidate per
+    // site, on the same held-out items.
+    let eval_dir = dir.path().join("eval");
+    eval_rewriter(
+        &adapter,
+        &eval_dir,
+        &["--editor", "edits", "--edit-model-candidates", "1"],
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("single/eval.json")).unwrap())
+            .unwrap();
+    let rows = report["summaries"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{report}");
+    assert!(
+        rows[0]["rewriter"]
+            .as_str()
+            .unwrap()
+            .starts_with("base sentence edits (1 model candidates per site)"),
+        "{report}"
+    );
+    assert!(
+        rows[1]["rewriter"]
+            .as_str()
+            .unwrap()
+            .starts_with("GRPO adapter"),
+        "{report}"
+    );
+    for r in rows {
+        assert!(r["second_closed"].as_f64().unwrap() >= -1.0, "{r}");
+    }
+    assert_eq!(report["paired"].as_array().unwrap().len(), 1, "{report}");
+}
+
+/// The proxy merges `adapter` (of the run in `out`) into the base at start and answers
+/// through it: on the same prompt, greedy, its token log-probabilities are not the base's.
+async fn served_and_differs(out: &std::path::Path, adapter: &std::path::Path) {
+    let config = format!(
+        r#"
+[llm]
+adapter = "{adapter}"
+max_tokens = 24
+
+[[upstreams]]
+name = "local"
+kind = "local"
+
+[[tenants]]
+id = "home"
+api_key_sha256 = ["{home}"]
+upstreams = ["local"]
+"#,
+        adapter = adapter.display(),
+        home = key_hash("sk-home"),
+    );
+    let proxy = Proxy::start(&config, &[]);
+    assert!(
+        out.join("adapter.merged.gguf").is_file(),
+        "{}",
+        proxy.stderr()
+    );
+    let adapted = greedy_logprobs(&proxy).await;
+    drop(proxy);
+    // The served model is the trained one: on the same prompt, greedy, the base model's token
+    // log-probabilities are not the adapter's.
+    let base_config = config.replace(&format!("adapter = \"{}\"\n", adapter.display()), "");
+    assert!(!base_config.contains("adapter ="), "{base_config}");
+    let proxy = Proxy::start(&base_config, &[]);
+    let base = greedy_logprobs(&proxy).await;
+    drop(proxy);
+    let differs = adapted.len() != base.len()
+        || adapted
+            .iter()
+            .zip(&base)
+            .any(|((ta, la), (tb, lb))| ta != tb || (la - lb).abs() > 1e-4);
+    assert!(
+        differs,
+        "the adapter's answer is the base's, token for token: {adapted:?}"
+    );
+}
+
 /// A greedy answer to one prompt through the proxy's local upstream, as (token, logprob)
 /// pairs; the tokens spell the answer's text.
 async fn greedy_logprobs(proxy: &Proxy) -> Vec<(String, f64)> {
@@ -353,13 +475,20 @@ async fn greedy_logprobs(proxy: &Proxy) -> Vec<(String, f64)> {
     tokens
 }
 
-/// `eval-rewriter` on 2 held-out items with the base config, `adapter`, and `extra` options.
+/// `eval-rewriter` on 2 held-out items with the base config, `adapter`, and `extra` options
+/// (whole-text rewrites unless `extra` names an `--editor`).
 fn eval_rewriter(adapter: &std::path::Path, out: &std::path::Path, extra: &[&str]) {
+    let editor: &[&str] = if extra.contains(&"--editor") {
+        &[]
+    } else {
+        &["--editor", "whole"]
+    };
     support::run_ok(
         Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["eval-rewriter", "--config", "config.toml", "--items", "2"])
-            .args(["--kind", "single", "--editor", "whole"])
+            .args(["--kind", "single"])
+            .args(editor)
             .args(extra)
             .arg("--data")
             .arg(data_dir())

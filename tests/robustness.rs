@@ -275,15 +275,7 @@ max_retries = 0
         "{all:?}"
     );
     // Nothing left in flight, every upstream stream ended (finished or cancelled).
-    let metrics = http
-        .get(proxy.url("/metrics"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.metrics(ADMIN).await;
     for line in metrics
         .lines()
         .filter(|l| l.starts_with("visa_http_requests_in_flight{"))

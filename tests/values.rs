@@ -324,12 +324,56 @@ async fn tenants_see_only_their_own_profile() {
         approx(&got["values"]["benevolence"]["target"], 0.7),
         "{got}"
     );
+    // A PATCH changes the fields it names and keeps the rest, as the admin's does.
+    let (s, patched) = call(
+        &p,
+        Method::PATCH,
+        "/v1/profile",
+        "sk-acme",
+        Some(json!({"values": {"power": {"target": 0.2}}, "action": "audit"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{patched}");
+    assert_eq!(patched["version"], mine["version"].as_u64().unwrap() + 1);
+    assert_eq!(patched["action"], "audit", "{patched}");
+    assert!(
+        approx(&patched["values"]["power"]["target"], 0.2),
+        "{patched}"
+    );
+    assert!(
+        approx(&patched["values"]["benevolence"]["target"], 0.7),
+        "{patched}"
+    );
+    let (s, e) = call(&p, Method::PATCH, "/v1/profile", "sk-acme", Some(json!({}))).await;
+    assert_eq!(s, 400, "an empty patch: {e}");
+    let (s, e) = call(
+        &p,
+        Method::PATCH,
+        "/v1/profile",
+        "sk-acme",
+        Some(json!({"values": {"power": {"target": 2.0}}})),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["param"].as_str()),
+        (422, Some("values.power.target")),
+        "{e}"
+    );
     let (s, e) = call(
         &p,
         Method::PUT,
         "/v1/profile",
         "sk-globex",
         Some(json!({"values": {}})),
+    )
+    .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (403, Some("forbidden")));
+    let (s, e) = call(
+        &p,
+        Method::PATCH,
+        "/v1/profile",
+        "sk-globex",
+        Some(json!({"values": {"benevolence": {"target": 0.5}}})),
     )
     .await;
     assert_eq!((s, e["error"]["code"].as_str()), (403, Some("forbidden")));
@@ -922,15 +966,7 @@ async fn full_encoder_queue_answers_429() {
         }
     }
     assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
-    let metrics = c()
-        .get(p.url("/metrics"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics(ADMIN).await;
     let counter = |name: &str| -> u64 {
         metrics
             .lines()
@@ -1028,16 +1064,7 @@ async fn sampled_audit_measures_answers_after_they_were_sent() {
     assert!(text.contains("boss") && text.contains("[DONE]"), "{text}");
 
     // Both answers are measured, after the fact.
-    let metrics = || async {
-        c().get(p.url("/metrics"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let metrics = || p.metrics(ADMIN);
     let measured = |m: &str| {
         m.lines()
             .find_map(|l| l.strip_prefix("visa_deferred_audits_total{outcome=\"measured\"} "))

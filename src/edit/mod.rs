@@ -275,6 +275,21 @@ fn harms(profile: &Profile, before: &ValueVector, after: &ValueVector) -> Option
     })
 }
 
+/// Room for a model edit of a sentence of `chars` characters, in tokens.
+pub fn max_tokens(chars: usize) -> usize {
+    ((chars as f32 * 2.0 / 3.5) as usize + 16).clamp(24, 96)
+}
+
+/// What the model is asked for one site: the kind of edit, the sentence it replaces (a
+/// rewrite), the messages, and the length that sizes its sampling.
+#[derive(Debug, Clone)]
+pub struct SitePrompt {
+    pub kind: EditKind,
+    pub original: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    pub chars: usize,
+}
+
 /// A planned generation: which site, what kind, the messages.
 struct Job {
     site: usize,
@@ -289,10 +304,95 @@ impl Editor {
         Sampling {
             temperature: if greedy { 0.0 } else { self.config.temperature },
             top_p: self.config.top_p,
-            max_tokens: ((chars as f32 * 2.0 / 3.5) as usize + 16).clamp(24, 96),
+            max_tokens: max_tokens(chars),
             stop: vec!["\n".into()],
             logprobs: None,
         }
+    }
+
+    /// The model prompts of one site, as serving sends them (training builds its tasks from
+    /// the same): a lower site asks for its sentence rewritten with less of the values; a
+    /// raise site for the closest sentence rewritten with more (not at the end of a stream,
+    /// whose text was sent) and, with insertions on, for one new sentence after it.
+    pub fn site_prompts(
+        &self,
+        site: &Site,
+        units: &[Sentence],
+        text: &str,
+        context: Option<&str>,
+        scope: Scope,
+    ) -> Vec<SitePrompt> {
+        let Some(i) = site.sentence else {
+            return Vec::new();
+        };
+        let body = units[i].body(text);
+        let before_text = i.checked_sub(1).map(|j| units[j].text(text));
+        let chars = body.chars().count();
+        let rewrite = |lower: &[ValueId], raise: &[ValueId]| SitePrompt {
+            kind: EditKind::Rewritten,
+            original: Some(body.to_owned()),
+            messages: prompt::rewrite_messages(body, before_text, context, lower, raise),
+            chars,
+        };
+        match site.kind {
+            SiteKind::Lower => vec![rewrite(&site.values, &[])],
+            SiteKind::Raise => {
+                let mut out = Vec::new();
+                if scope != Scope::AppendOnly {
+                    out.push(rewrite(&[], &site.values));
+                }
+                if self.config.insert {
+                    let anchor = match scope {
+                        Scope::AppendOnly => units.last().map_or(body, |u| u.body(text)),
+                        _ => body,
+                    };
+                    out.push(SitePrompt {
+                        kind: EditKind::Inserted,
+                        original: None,
+                        messages: prompt::insert_messages(anchor, site.values[0]),
+                        chars: 120,
+                    });
+                }
+                out
+            }
+        }
+    }
+
+    /// Whether candidate `c` would pass for `site` of an unedited answer, by the checks serving
+    /// applies when it decides a site: (the edit kind's bonus, the edit's score, what it
+    /// achieved) or why not. `semantic` holds the answer's embedding, then each sentence's.
+    pub fn judge(
+        &self,
+        profile: &Profile,
+        text: &str,
+        assessed: &Assessment,
+        semantic: &[Vec<f32>],
+        site: &Site,
+        c: &Candidate,
+    ) -> Result<(f32, f32, String), String> {
+        let state = Working {
+            vectors: assessed.vectors.iter().copied().map(Some).collect(),
+            touched: vec![false; assessed.units.len()],
+            inserted: Vec::new(),
+            anchors: Vec::new(),
+            prior: assessed.prior,
+        };
+        let aggregate = state.aggregate();
+        self.check(
+            profile,
+            text,
+            &assessed.units,
+            semantic,
+            site,
+            c,
+            &state,
+            &aggregate,
+            (
+                self.config.min_value_move,
+                self.config.min_sentence_similarity,
+            ),
+            Scope::Full,
+        )
     }
 
     /// Detect a text sentence by sentence and plan its edits for `scope`.
@@ -449,56 +549,16 @@ impl Editor {
         if let (Some(backend), true) = (&self.backend, model_candidates > 0) {
             let mut jobs: Vec<Job> = Vec::new();
             for (k, site) in sites.iter().enumerate() {
-                let Some(i) = site.sentence else { continue };
-                let body = units[i].body(text);
-                let before_text = i.checked_sub(1).map(|j| units[j].text(text));
+                let prompts = self.site_prompts(site, &units, text, req.context, req.scope);
                 for n in 0..model_candidates {
-                    let sampling = self.sampling(body.chars().count(), n == 0);
-                    match site.kind {
-                        SiteKind::Lower => jobs.push(Job {
+                    for p in &prompts {
+                        jobs.push(Job {
                             site: k,
-                            kind: EditKind::Rewritten,
-                            original: Some(body.to_owned()),
-                            messages: prompt::rewrite_messages(
-                                body,
-                                before_text,
-                                req.context,
-                                &site.values,
-                                &[],
-                            ),
-                            sampling,
-                        }),
-                        SiteKind::Raise => {
-                            if req.scope != Scope::AppendOnly {
-                                jobs.push(Job {
-                                    site: k,
-                                    kind: EditKind::Rewritten,
-                                    original: Some(body.to_owned()),
-                                    messages: prompt::rewrite_messages(
-                                        body,
-                                        before_text,
-                                        req.context,
-                                        &[],
-                                        &site.values,
-                                    ),
-                                    sampling: sampling.clone(),
-                                });
-                            }
-                            if !self.config.insert {
-                                continue;
-                            }
-                            let anchor = match req.scope {
-                                Scope::AppendOnly => units.last().map_or(body, |u| u.body(text)),
-                                _ => body,
-                            };
-                            jobs.push(Job {
-                                site: k,
-                                kind: EditKind::Inserted,
-                                original: None,
-                                messages: prompt::insert_messages(anchor, site.values[0]),
-                                sampling: self.sampling(120, n == 0),
-                            });
-                        }
+                            kind: p.kind,
+                            original: p.original.clone(),
+                            messages: p.messages.clone(),
+                            sampling: self.sampling(p.chars, n == 0),
+                        });
                     }
                 }
             }
@@ -1155,7 +1215,7 @@ fn merge_ranges(edits: Vec<(Range<usize>, String)>) -> Result<Vec<(Range<usize>,
     Ok(out)
 }
 
-fn candidate(kind: EditKind, source: Source, text: String) -> Candidate {
+pub fn candidate(kind: EditKind, source: Source, text: String) -> Candidate {
     Candidate {
         kind,
         source,

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::adapter;
 use super::data::{self, Item};
+use super::edit_task::{self, EditTask};
 use super::llama::Llama;
 use super::lora::LoraConfig;
 use super::math::Objective;
@@ -30,6 +31,11 @@ use crate::score::Scorer;
 /// `train-rewriter`'s options (also the command line's, by `clap`).
 #[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct TrainOptions {
+    /// What the policy learns: `edit` (the sentence editor's tasks, what serving asks of the
+    /// model: one sentence rewritten with less or more of a value) or `whole` (whole-text
+    /// rewrites, the earlier design).
+    #[arg(long, value_enum, default_value_t = TrainTask::Edit)]
+    pub task: TrainTask,
     /// Touché23 folder: the premises of arguments-training.tsv are the sources.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -105,6 +111,40 @@ pub struct TrainOptions {
     pub min_source_chars: usize,
     #[arg(long, default_value_t = 320)]
     pub max_source_chars: usize,
+}
+
+/// `--task`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainTask {
+    Edit,
+    Whole,
+}
+
+/// The training items of either task.
+enum Tasks {
+    Whole(Vec<(Item, crate::values::ValueVector)>),
+    Edit(Vec<EditTask>, Box<crate::edit::Editor>),
+}
+
+impl Tasks {
+    fn len(&self) -> usize {
+        match self {
+            Tasks::Whole(v) => v.len(),
+            Tasks::Edit(v, _) => v.len(),
+        }
+    }
+}
+
+/// Token ids whose text holds a line break: serving's sentence edits stop at the first one.
+fn line_break_ids(tokenizer: &GgufTokenizer) -> Vec<u32> {
+    tokenizer
+        .tokenizer
+        .get_vocab(true)
+        .into_iter()
+        .filter(|(t, _)| t.contains('\u{010a}') || t.contains('\n'))
+        .map(|(_, id)| id)
+        .collect()
 }
 
 /// `--device`.
@@ -199,6 +239,52 @@ pub fn prompt_text(item: &Item, detected: &crate::values::ValueVector) -> String
         .map(|m| (m.role.as_str().to_owned(), m.content))
         .collect();
     GgufTokenizer::chatml(&messages)
+}
+
+/// A chat as the ChatML prompt the policy is trained on.
+fn chat_text(messages: &[crate::models::llm::ChatMessage]) -> String {
+    let messages: Vec<(String, String)> = messages
+        .iter()
+        .map(|m| (m.role.as_str().to_owned(), m.content.clone()))
+        .collect();
+    GgufTokenizer::chatml(&messages)
+}
+
+/// The edit task's items: the serving editor (no model of its own: its plan and prompts) over
+/// the training premises.
+async fn edit_items(
+    o: &TrainOptions,
+    config: &Config,
+    scorer: &Scorer,
+    need: usize,
+) -> anyhow::Result<Tasks> {
+    anyhow::ensure!(
+        o.jsonl.is_none(),
+        "--jsonl items are whole texts with targets: use them with --task whole"
+    );
+    let dir = o
+        .data
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("--task edit needs --data (Touché23)"))?;
+    let sources = data::touche_sources(
+        dir,
+        "training",
+        o.min_source_chars,
+        o.max_source_chars,
+        o.seed,
+    )?;
+    let bank = crate::edit::bank::Bank::load(Path::new(&config.rewriter.bank), &scorer.encoder)
+        .await
+        .map_err(|e| anyhow::anyhow!("rewriter.bank: {e}"))?;
+    let editor = crate::edit::Editor {
+        backend: None,
+        scorer: scorer.clone(),
+        bank: Arc::new(bank),
+        config: config.rewriter.clone(),
+    };
+    let tasks = edit_task::tasks(&editor, sources, o.seed, need.max(1)).await?;
+    anyhow::ensure!(!tasks.is_empty(), "no edit tasks in {}", dir.display());
+    Ok(Tasks::Edit(tasks, Box::new(editor)))
 }
 
 /// Items with their detected vectors (the training sources get their targets here).
@@ -304,6 +390,13 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
     {
         stop.push(id);
     }
+    if o.task == TrainTask::Edit {
+        for id in line_break_ids(&tokenizer) {
+            if !stop.contains(&id) {
+                stop.push(id);
+            }
+        }
+    }
     let train = TrainConfig {
         group: o.group,
         sample: SampleConfig {
@@ -352,8 +445,25 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
         trainer.steps = state.step;
         eprintln!("resuming at step {}", state.step);
     }
+    anyhow::ensure!(
+        o.task == TrainTask::Whole || o.warm_start == 0,
+        "--warm-start is for --task whole (the edit task starts GRPO from the base)"
+    );
     let need = o.steps * o.prompts_per_step + o.warm_start;
-    let items = rt.block_on(items_for(o, &scorer, need))?;
+    let items = match o.task {
+        TrainTask::Whole => Tasks::Whole(rt.block_on(items_for(o, &scorer, need))?),
+        TrainTask::Edit => rt.block_on(edit_items(o, &config, &scorer, need))?,
+    };
+    if let Tasks::Edit(tasks, _) = &items {
+        let lower = tasks
+            .iter()
+            .filter(|t| t.site.kind == crate::edit::SiteKind::Lower)
+            .count();
+        eprintln!(
+            "edit tasks: {lower} lower a value in a sentence, {} raise one",
+            tasks.len() - lower
+        );
+    }
     eprintln!(
         "{} training items; {} steps of {} prompt(s) x {} completions",
         items.len(),
@@ -403,11 +513,18 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
                 "sources": o.data.as_ref().map(|d| format!("{}: premises of arguments-training.tsv ({}..{} characters)", d.display(), o.min_source_chars, o.max_source_chars)),
                 "jsonl": o.jsonl.as_ref().map(|p| p.display().to_string()),
                 "items": items.len(),
-                "targets": "the detected vector shifted on 1 or 2 values by 0.2, 0.35 or 0.5 (tolerance 0.1)",
+                "task": o.task,
+                "targets": match o.task {
+                    TrainTask::Whole => "the detected vector shifted on 1 or 2 values by 0.2, 0.35 or 0.5 (tolerance 0.1)",
+                    TrainTask::Edit => "the detected vector shifted on 1 or 2 values by 0.2, 0.35 or 0.5 (tolerance 0.1); each item is the first model edit the serving editor plans for it (one sentence with the one before it)",
+                },
                 "held_out": "arguments-validation.tsv is never used for training",
             },
             "reward": {
-                "definition": format!("{} x progress + {} x integrity (progress: share of the original's distance to the target closed, no credit below integrity {}); 0 for candidates the rewriter's screening rejects", scorer.value_weight, 1.0 - scorer.value_weight, scorer.integrity_floor),
+                "definition": match o.task {
+                    TrainTask::Whole => format!("{} x progress + {} x integrity (progress: share of the original's distance to the target closed, no credit below integrity {}); 0 for candidates the rewriter's screening rejects", scorer.value_weight, 1.0 - scorer.value_weight, scorer.integrity_floor),
+                    TrainTask::Edit => format!("{} x progress + {} x integrity (progress: mean of the edited sentence's share of the way to the value's band and the whole text's share of its distance to the target closed, no credit below integrity {}; integrity: the sentence's encoder similarity x facts kept both ways, an insertion's the whole text's), + {} when the edit passes serving's per-sentence checks; 0 for edits the editor's screening rejects", scorer.value_weight, 1.0 - scorer.value_weight, scorer.integrity_floor, edit_task::ACCEPTED_BONUS),
+                },
                 "first_10_mean": mean(&first),
                 "last_10_mean": mean(&last),
                 "per_step": state.rewards,
@@ -421,7 +538,10 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
         Ok(())
     };
 
-    if o.warm_start > 0 && state.warm.is_none() && !stopping.load(Ordering::SeqCst) {
+    if let (true, Tasks::Whole(items)) = (
+        o.warm_start > 0 && state.warm.is_none() && !stopping.load(Ordering::SeqCst),
+        &items,
+    ) {
         let stop = || stopping.load(Ordering::SeqCst);
         match super::warm_start::warm_start(
             o,
@@ -429,7 +549,7 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
             &scorer,
             &tokenizer,
             &mut trainer,
-            &items,
+            items,
             &rt,
             &stop,
         )? {
@@ -447,42 +567,87 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<()> {
     let mut components_sum = std::collections::BTreeMap::<String, f32>::new();
     while state.step < o.steps && !stopping.load(Ordering::SeqCst) {
         let step_started = Instant::now();
-        let chosen: Vec<&(Item, crate::values::ValueVector)> = (0..o.prompts_per_step)
-            .map(|k| &items[(state.next_item + k) % items.len()])
+        let chosen: Vec<usize> = (0..o.prompts_per_step)
+            .map(|k| (state.next_item + k) % items.len())
             .collect();
         state.next_item = (state.next_item + o.prompts_per_step) % items.len();
-        let prompts: Vec<Vec<u32>> = chosen
-            .iter()
-            .map(|(item, d)| tokenizer.encode(&prompt_text(item, d)))
-            .collect::<anyhow::Result<_>>()?;
-        // Room for the rewrite, as the serving rewriter allows.
-        trainer.config.sample.max_new_tokens = chosen
-            .iter()
-            .map(|(i, _)| crate::rewriter::max_tokens(&config.rewriter, &i.text))
+        let (prompts, room): (Vec<Vec<u32>>, Vec<usize>) = match &items {
+            Tasks::Whole(items) => chosen
+                .iter()
+                .map(|&k| {
+                    let (item, d) = &items[k];
+                    // Room for the rewrite, as the serving rewriter allows.
+                    let room = crate::rewriter::max_tokens(&config.rewriter, &item.text);
+                    tokenizer.encode(&prompt_text(item, d)).map(|p| (p, room))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .into_iter()
+                .unzip(),
+            Tasks::Edit(tasks, _) => chosen
+                .iter()
+                .map(|&k| {
+                    let t = &tasks[k];
+                    let room = crate::edit::max_tokens(t.prompt.chars);
+                    tokenizer
+                        .encode(&chat_text(&t.prompt.messages))
+                        .map(|p| (p, room))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .into_iter()
+                .unzip(),
+        };
+        trainer.config.sample.max_new_tokens = room
+            .into_iter()
             .max()
             .unwrap_or(o.max_new_tokens)
             .min(o.max_new_tokens);
         components_sum.clear();
         let mut reward = |k: usize, g: &Group| -> anyhow::Result<Vec<f32>> {
-            let (item, _) = chosen[k];
-            let screened = screen_and_score(&config, &tokenizer, &scorer, &rt, item, g)?;
-            let slots = &screened.slots;
-            let mut rewards = vec![0.0f32; g.completions.len()];
-            *components_sum.entry("rejected".into()).or_default() +=
-                (g.completions.len() - slots.len()) as f32;
-            if let Some(scored) = &screened.scored {
-                for (j, s) in slots.iter().zip(&scored.candidates) {
-                    rewards[*j] = s.reward;
-                    *components_sum.entry("precision".into()).or_default() += s.fit.precision;
-                    *components_sum.entry("progress".into()).or_default() += s.progress;
-                    *components_sum.entry("integrity".into()).or_default() += s.integrity;
-                    *components_sum.entry("distance".into()).or_default() += s.fit.distance;
+            let mut add = |key: &str, v: f32| *components_sum.entry(key.into()).or_default() += v;
+            match &items {
+                Tasks::Whole(items) => {
+                    let (item, _) = &items[chosen[k]];
+                    let screened = screen_and_score(&config, &tokenizer, &scorer, &rt, item, g)?;
+                    let slots = &screened.slots;
+                    let mut rewards = vec![0.0f32; g.completions.len()];
+                    add("rejected", (g.completions.len() - slots.len()) as f32);
+                    if let Some(scored) = &screened.scored {
+                        for (j, s) in slots.iter().zip(&scored.candidates) {
+                            rewards[*j] = s.reward;
+                            add("precision", s.fit.precision);
+                            add("progress", s.progress);
+                            add("integrity", s.integrity);
+                            add("distance", s.fit.distance);
+                        }
+                        add(
+                            "original_distance",
+                            scored.original.distance * slots.len() as f32,
+                        );
+                    }
+                    Ok(rewards)
                 }
-                *components_sum
-                    .entry("original_distance".into())
-                    .or_default() += scored.original.distance * slots.len() as f32;
+                Tasks::Edit(tasks, editor) => {
+                    let task = &tasks[chosen[k]];
+                    let raw: Vec<(String, bool)> = g
+                        .completions
+                        .iter()
+                        .zip(&g.finished)
+                        .map(|(c, f)| tokenizer.decode(c).map(|t| (t, *f)))
+                        .collect::<anyhow::Result<_>>()?;
+                    let scored = rt.block_on(edit_task::rewards(editor, task, &raw))?;
+                    for r in &scored {
+                        add("rejected", f32::from(u8::from(r.rejected)));
+                        if !r.rejected {
+                            add("accepted", f32::from(u8::from(r.accepted)));
+                            add("progress", r.progress);
+                            add("sentence_progress", r.sentence_progress);
+                            add("whole_progress", r.whole_progress);
+                            add("integrity", r.integrity);
+                        }
+                    }
+                    Ok(scored.iter().map(|r| r.reward).collect())
+                }
             }
-            Ok(rewards)
         };
         let mut stats: StepStats = trainer.step(&prompts, &mut reward)?;
         let n = (o.prompts_per_step * o.group) as f32;
@@ -529,7 +694,7 @@ fn progress(s: &StepStats, total: usize, seconds: f64) {
     let eta = seconds / s.step.max(1) as f64 * total.saturating_sub(s.step) as f64;
     let c = |k: &str| s.components.get(k).copied().unwrap_or(0.0);
     eprintln!(
-        "[{}{}] step {}/{} reward {:.3} (progress {:.2} integrity {:.2} rejected {:.0}%) kl {:.4} {:.1} tok/s eta {:.0}s",
+        "[{}{}] step {}/{} reward {:.3} (progress {:.2} integrity {:.2} rejected {:.0}%{}) kl {:.4} {:.1} tok/s eta {:.0}s",
         "#".repeat(done),
         ".".repeat(width - done),
         s.step,
@@ -538,6 +703,9 @@ fn progress(s: &StepStats, total: usize, seconds: f64) {
         c("progress"),
         c("integrity"),
         100.0 * c("rejected"),
+        s.components
+            .get("accepted")
+            .map_or(String::new(), |a| format!(" accepted {:.0}%", 100.0 * a)),
         s.kl,
         s.tokens_per_s,
         eta

@@ -5,6 +5,7 @@
 pub mod adapter;
 pub mod command;
 pub mod data;
+pub mod edit_task;
 pub mod llama;
 pub mod lora;
 pub mod math;

@@ -121,6 +121,7 @@ impl Modify for SecuritySchemes {
         crate::server::profiles::admin_history,
         crate::server::profiles::tenant_get,
         crate::server::profiles::tenant_put,
+        crate::server::profiles::tenant_patch,
         crate::server::profiles::tenant_history,
         crate::server::me::me,
         crate::server::stats::stats,

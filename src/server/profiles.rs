@@ -264,16 +264,47 @@ pub async fn tenant_put(
     Extension(tenant): Extension<Arc<Tenant>>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<Profile>, ApiError> {
-    if !tenant.self_manage_profile {
-        return Err(ApiError::new(
-            ErrorKind::Forbidden,
-            format!(
-                "tenant {} may not change its own profile; ask an admin",
-                tenant.id
-            ),
-        ));
-    }
+    may_self_manage(&tenant)?;
     put(&state, &tenant.id, &body).await
+}
+
+fn may_self_manage(tenant: &Tenant) -> Result<(), ApiError> {
+    if tenant.self_manage_profile {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorKind::Forbidden,
+        format!(
+            "tenant {} may not change its own profile; ask an admin",
+            tenant.id
+        ),
+    ))
+}
+
+#[utoipa::path(patch, path = "/v1/profile", tag = "profiles",
+    request_body(content = Object, description = "Field changes or `{\"instruction\": \"...\"}`, as for the admin route's PATCH",
+        example = json!({"values": {"power": {"target": 0.1}}})),
+    responses(
+        (status = 200, description = "Saved; the new version", body = Profile),
+        (status = 400, description = "Not JSON, an empty patch, or both an instruction and field changes", body = crate::server::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown tenant key", body = crate::server::openapi::ErrorResponse),
+        (status = 403, description = "This tenant may not manage its own profile (`self_manage_profile = false`)", body = crate::server::openapi::ErrorResponse),
+        (status = 422, description = "A field is invalid, or the instruction is empty or names no value; nothing was written", body = crate::server::openapi::ErrorResponse),
+        (status = 429, description = "The encoder's queue is full (instructions only)", body = crate::server::openapi::ErrorResponse),
+    ),
+    security(("bearer" = [])))]
+pub async fn tenant_patch(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Arc<Tenant>>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Profile>, ApiError> {
+    may_self_manage(&tenant)?;
+    let spec = patch_spec(&state, &tenant.id, &body).await?;
+    let entry = state.profiles.write(&tenant.id, Some(spec)).await?;
+    entry
+        .profile
+        .map(Json)
+        .ok_or_else(|| ApiError::internal("the store returned no profile"))
 }
 
 #[utoipa::path(get, path = "/v1/values", tag = "values",

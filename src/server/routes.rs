@@ -40,7 +40,9 @@ pub fn router(state: AppState) -> Router {
         .route(MODELS, get(models::list_models))
         .route(
             OWN_PROFILE,
-            get(profiles::tenant_get).put(profiles::tenant_put),
+            get(profiles::tenant_get)
+                .put(profiles::tenant_put)
+                .patch(profiles::tenant_patch),
         )
         .route(OWN_PROFILE_HISTORY, get(profiles::tenant_history))
         .route_layer(from_fn_with_state(state.clone(), auth::tenant_auth));

@@ -70,6 +70,18 @@ impl Proxy {
         format!("{}{}", self.base, path)
     }
 
+    /// The Prometheus text of `/metrics`, read with the admin key `admin`.
+    pub async fn metrics(&self, admin: &str) -> String {
+        let r = reqwest::Client::new()
+            .get(self.url("/metrics"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(r.status(), 200, "GET /metrics");
+        r.text().await.expect("the metrics text")
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
