@@ -361,6 +361,41 @@ async fn the_sentence_editor_trains_on_its_own_tasks_resumes_and_is_served() {
         assert!(r["second_closed"].as_f64().unwrap() >= -1.0, "{r}");
     }
     assert_eq!(report["paired"].as_array().unwrap().len(), 1, "{report}");
+
+    // --kind edit: one greedy model edit per held-out premise, as training poses them, by the
+    // base and by the adapter, on the same tasks.
+    let tasks_dir = dir.path().join("eval-edit");
+    eval_rewriter(&adapter, &tasks_dir, &["--kind", "edit"]);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(tasks_dir.join("edit/eval.json")).unwrap())
+            .unwrap();
+    let rows = report["summaries"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{report}");
+    assert_eq!(
+        rows[0]["rewriter"], "base single edits (greedy)",
+        "{report}"
+    );
+    let details = report["details"].as_array().unwrap();
+    let tasks = |k: usize| -> Vec<(String, String)> {
+        details[k]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["id"].to_string(), i["applied"][0].to_string()))
+            .collect()
+    };
+    assert_eq!(tasks(0).len(), 2, "{report}");
+    assert_eq!(tasks(0), tasks(1));
+    for i in details[0]["items"].as_array().unwrap() {
+        assert_eq!(i["kind"], "edit", "{i}");
+        // A rejected edit counts as the original; a kept one is the text with one sentence
+        // changed.
+        if i["rejected"].is_null() {
+            assert_ne!(i["rewrite"], i["text"], "{i}");
+        } else {
+            assert_eq!(i["rewrite"], i["text"], "{i}");
+        }
+    }
 }
 
 /// The proxy merges `adapter` (of the run in `out`) into the base at start and answers
@@ -476,19 +511,21 @@ async fn greedy_logprobs(proxy: &Proxy) -> Vec<(String, f64)> {
 }
 
 /// `eval-rewriter` on 2 held-out items with the base config, `adapter`, and `extra` options
-/// (whole-text rewrites unless `extra` names an `--editor`).
+/// (single premises and whole-text rewrites unless `extra` names a `--kind` or an `--editor`).
 fn eval_rewriter(adapter: &std::path::Path, out: &std::path::Path, extra: &[&str]) {
-    let editor: &[&str] = if extra.contains(&"--editor") {
-        &[]
-    } else {
-        &["--editor", "whole"]
+    let default = |name: &'static str, value: &'static str| -> Vec<&'static str> {
+        if extra.contains(&name) {
+            Vec::new()
+        } else {
+            vec![name, value]
+        }
     };
     support::run_ok(
         Command::new(env!("CARGO_BIN_EXE_visa-proxy"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["eval-rewriter", "--config", "config.toml", "--items", "2"])
-            .args(["--kind", "single"])
-            .args(editor)
+            .args(default("--kind", "single"))
+            .args(default("--editor", "whole"))
             .args(extra)
             .arg("--data")
             .arg(data_dir())

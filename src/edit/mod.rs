@@ -300,7 +300,9 @@ struct Job {
 }
 
 impl Editor {
-    fn sampling(&self, chars: usize, greedy: bool) -> Sampling {
+    /// Serving's sampling of a model edit for a sentence of `chars` characters (the first
+    /// candidate greedy).
+    pub fn sampling(&self, chars: usize, greedy: bool) -> Sampling {
         Sampling {
             temperature: if greedy { 0.0 } else { self.config.temperature },
             top_p: self.config.top_p,

@@ -142,7 +142,9 @@ fn check_rewrite(original: &str, text: &str, finished: bool, raw: &str) -> Optio
     if text.trim().is_empty() {
         return Some(EditRejection::Empty);
     }
-    if text.trim() == original.trim() {
+    // The same words: a change of case, punctuation or spacing is no edit (GRPO on the edit
+    // task learned to earn its integrity with such changes; README, "Rewriter training").
+    if text.trim() == original.trim() || words_lower(text) == words_lower(original) {
         return Some(EditRejection::Unchanged);
     }
     if talks_about_the_edit(text) || (talks_about_the_edit(raw) && !talks_about_the_edit(original))
@@ -260,6 +262,16 @@ mod tests {
         );
         assert_eq!(
             screen_rewrite(original, original, true).1,
+            Some(EditRejection::Unchanged)
+        );
+        // Only case, punctuation or spacing changed: the same words, no edit.
+        assert_eq!(
+            screen_rewrite(
+                "the cost is high, and rising",
+                "The cost is high and rising.",
+                true
+            )
+            .1,
             Some(EditRejection::Unchanged)
         );
         assert_eq!(

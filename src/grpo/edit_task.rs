@@ -25,6 +25,8 @@ pub const ACCEPTED_BONUS: f32 = 0.25;
 pub struct EditTask {
     pub id: String,
     pub text: String,
+    /// Target scores of the constrained values (`profile` is made from them).
+    pub target: std::collections::BTreeMap<crate::values::ValueId, f32>,
     pub profile: Profile,
     pub assessed: Assessment,
     /// The text's embedding, then each sentence's (what `Editor::judge` reads).
@@ -127,6 +129,7 @@ pub async fn tasks(
         out.push(EditTask {
             id,
             text,
+            target: item.target,
             profile,
             assessed,
             semantic,
@@ -156,6 +159,11 @@ pub struct EditReward {
     /// A rewrite: its similarity to the sentence x the facts kept both ways; an insertion:
     /// the whole text's integrity.
     pub integrity: f32,
+    /// The whole text's weighted distance to the target with the edit in place.
+    pub distance: f32,
+    pub cosine: f32,
+    /// Why serving's screening rejected it.
+    pub rejection: Option<String>,
     /// The edit as screened.
     pub text: String,
 }
@@ -194,6 +202,7 @@ pub async fn rewards(
         }
         out.push(EditReward {
             rejected: rejected.is_some(),
+            rejection: rejected.map(|r| crate::edit::serde_name(&r)),
             text,
             ..EditReward::default()
         });
@@ -238,6 +247,8 @@ pub async fn rewards(
             }
         };
         r.whole_progress = w.progress;
+        r.distance = w.fit.distance;
+        r.cosine = w.fit.cosine;
         r.progress = 0.5 * (r.sentence_progress + r.whole_progress);
         r.integrity = match task.prompt.kind {
             EditKind::Inserted => w.integrity,

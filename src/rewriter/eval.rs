@@ -65,7 +65,8 @@ pub struct EvalOptions {
     pub max_source_chars: usize,
     /// Which items: `single` (one premise each, as above), `multi` (4-6 premises written for
     /// the same conclusion, joined into one text of 450-1,400 characters, as LLM answers are),
-    /// or `both`.
+    /// `both`, or `edit` (one model edit per premise, as `train-rewriter --task edit` poses
+    /// them, measured in place; `--editor` does not apply).
     #[arg(long, default_value = "both")]
     pub kind: String,
     /// Which enforcement: `edits` (sentence edits, what the proxy serves), `whole` (whole-text
@@ -411,6 +412,72 @@ async fn evaluate_edits(
     Ok(out)
 }
 
+/// One model edit per held-out item, as `train-rewriter --task edit` poses them: the editor's
+/// first site of each premise, the serving prompt and greedy sampling, the serving screening;
+/// the edit is measured in place in the text whether or not it passes, and `shield_passed` is
+/// whether it passes serving's per-sentence checks (what serving requires before it keeps an
+/// edit). A rejected edit counts as the original.
+async fn evaluate_edit_tasks(
+    editor: &crate::edit::Editor,
+    backend: &RewriteBackend,
+    second: &LexicalScorer,
+    tasks: &[crate::grpo::edit_task::EditTask],
+) -> anyhow::Result<Vec<ItemResult>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let started = std::time::Instant::now();
+        let (raw, finished) = backend
+            .generate(
+                t.prompt.messages.clone(),
+                editor.sampling(t.prompt.chars, true),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("generate: {}", e.message))?;
+        let generate_ms = started.elapsed().as_secs_f64() * 1e3;
+        let r = crate::grpo::edit_task::rewards(editor, t, &[(raw, finished)])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no reward"))?;
+        let before = &t.assessed.original;
+        let (rewrite, l2, cosine, consistency) = if r.rejected {
+            (t.text.clone(), before.distance, before.cosine, 1.0)
+        } else {
+            (t.apply(&r.text), r.distance, r.cosine, r.integrity)
+        };
+        let item = Item {
+            id: t.id.clone(),
+            text: t.text.clone(),
+            target: t.target.clone(),
+        };
+        let (second_l2_before, second_l2) =
+            second_distances(second, &item, &before.values, &rewrite);
+        out.push(ItemResult {
+            closed: closed(before.distance, l2),
+            second_l2_before,
+            second_l2,
+            second_closed: closed(second_l2_before, second_l2),
+            id: t.id.clone(),
+            length_ratio: rewrite.chars().count() as f32 / t.text.chars().count().max(1) as f32,
+            text: t.text.clone(),
+            target: t.target.clone(),
+            rejected: r.rejection.clone(),
+            rewrite,
+            l2_before: before.distance,
+            l2,
+            cosine,
+            consistency,
+            shield_passed: r.accepted,
+            generate_ms,
+            kind: "edit".into(),
+            edits: usize::from(!r.rejected),
+            added_ms: started.elapsed().as_secs_f64() * 1e3,
+            applied: vec![t.describe()],
+        });
+    }
+    Ok(out)
+}
+
 /// Multi-sentence items: 4 to 6 premises of the split written for the same conclusion, in the
 /// file's order, joined into one text of 450 to 1,400 characters; in a seeded order.
 pub fn multi_sources(o: &EvalOptions) -> anyhow::Result<Vec<(String, String)>> {
@@ -481,8 +548,8 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
     );
     let kinds: Vec<&str> = match o.kind.as_str() {
         "both" => vec!["single", "multi"],
-        "single" | "multi" => vec![o.kind.as_str()],
-        k => anyhow::bail!("--kind must be single, multi or both, not {k:?}"),
+        "single" | "multi" | "edit" => vec![o.kind.as_str()],
+        k => anyhow::bail!("--kind must be single, multi, both or edit, not {k:?}"),
     };
     let (whole, edits) = match o.editor.as_str() {
         "both" => (true, true),
@@ -532,10 +599,17 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
                     s.truncate(o.items);
                     s
                 }
+                "edit" => data::touche_sources(&o.data, &o.split, o.min_source_chars, o.max_source_chars, o.seed)?,
                 _ => multi_sources(o)?,
             };
-            let items = with_targets(sources, &scorer(), o.seed).await?;
-            eprintln!("{} held-out {kind} items from the {} split", items.len(), o.split);
+            let planner = crate::edit::Editor { backend: None, scorer: scorer(), bank: bank.clone(), config: config.rewriter.clone() };
+            let (items, tasks) = if *kind == "edit" {
+                (Vec::new(), crate::grpo::edit_task::tasks(&planner, sources, o.seed, o.items).await?)
+            } else {
+                (with_targets(sources, &scorer(), o.seed).await?, Vec::new())
+            };
+            let count = items.len() + tasks.len();
+            eprintln!("{count} held-out {kind} items from the {} split", o.split);
             let mut summaries = Vec::new();
             let mut details = Vec::new();
             let mut all = Vec::new();
@@ -551,7 +625,13 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
                 }
                 rc.validate().map_err(|e| anyhow::anyhow!("--candidates/--rounds: {e}"))?;
                 let mut runs: Vec<(String, Vec<ItemResult>)> = Vec::new();
-                if whole {
+                if *kind == "edit" {
+                    let label = format!("{name} single edits (greedy)");
+                    eprintln!("evaluating {label} ...");
+                    let backend = RewriteBackend::Local(engine.clone());
+                    runs.push((label, evaluate_edit_tasks(&planner, &backend, &second, &tasks).await?));
+                }
+                if whole && *kind != "edit" {
                     let rewriter = Rewriter {
                         backend: RewriteBackend::Local(engine.clone()),
                         scorer: scorer(),
@@ -561,7 +641,7 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
                     eprintln!("evaluating {label} on {kind} items ...");
                     runs.push((label, evaluate(&rewriter, &second, &items, kind).await?));
                 }
-                if edits {
+                if edits && *kind != "edit" {
                     let editor = crate::edit::Editor {
                         backend: Some(Arc::new(RewriteBackend::Local(engine.clone()))),
                         scorer: scorer(),
@@ -583,8 +663,12 @@ pub fn run(o: &EvalOptions) -> anyhow::Result<()> {
             let paired = super::compare::against_first(&all, o.seed)?;
             md.push_str(&format!(
                 "## {kind} items\n\nHeld-out: {} {} items of the {} split ({}; seed {}); targets: the detected vector shifted on 1-2 values by 0.2/0.35/0.5 (tolerance 0.1). Consistency: the serving integrity, encoder similarity x the smaller of the share of the original's facts kept and the share of the candidate's facts the original holds. Whole-text: {}, the serving prompt and screening, no time budget; the chosen candidate is measured, a rejected one counts as the original. Sentence edits: the serving editor under a budget of {} ms, {} model candidates per site; the assembled edits are measured (also when the whole-answer shield refuses them), none counts as the original. Second scorer: a bag-of-words logistic regression (hashed word unigrams and bigrams) trained on {} arguments of the training split, sharing nothing with the detector (validation macro-F1 {:.3} over the 20 categories, {:.3} over the 10 values); its target is its own reading of the original shifted as the detector's target shifts the detector's reading; `agrees`: share of the candidates the detector says moved toward the target that it says moved toward it too; `agrees (accepted)`: share of the answers the shield accepted that it says moved toward the target.\n\n{}",
-                items.len(), kind, o.split,
-                if *kind == "single" { format!("one premise of {}..{} characters each", o.min_source_chars, o.max_source_chars) } else { "4-6 premises for the same conclusion joined, 450..1400 characters".to_owned() },
+                count, kind, o.split,
+                match *kind {
+                    "single" => format!("one premise of {}..{} characters each", o.min_source_chars, o.max_source_chars),
+                    "edit" => format!("one model edit each, the serving editor's first site of a premise of {}..{} characters, the serving prompt, greedy; the edit is measured in place whether or not it passes; `shield fallback` here: the share that fails serving's per-sentence checks", o.min_source_chars, o.max_source_chars),
+                    _ => "4-6 premises for the same conclusion joined, 450..1400 characters".to_owned(),
+                },
                 o.seed,
                 if o.candidates == 1 && o.rounds == 1 { "one greedy candidate".to_owned() } else { format!("up to {} rounds of {} candidates (another round only when none passes the shield)", o.rounds, o.candidates) },
                 budget_ms,
