@@ -38,6 +38,12 @@ pub enum Command {
         #[arg(long, env = config::ENV_CONFIG, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Apply the profile store's pending schema migrations and exit (`serve` applies them too;
+    /// safe to run from several replicas at once).
+    Migrate {
+        #[arg(long, env = config::ENV_CONFIG, default_value = "config.toml")]
+        config: PathBuf,
+    },
     /// Print the SHA-256 of an API key, for `api_key_sha256` in the config.
     HashKey {
         /// The key; read from standard input when omitted.
@@ -193,6 +199,18 @@ pub enum Command {
     },
 }
 
+/// Open the configured store, which applies what migrations it lacks, and say what it holds.
+fn migrate(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path, None)?;
+    let backend = config.profiles.backend;
+    let profiles = server::open_profiles(&config.profiles)?;
+    println!(
+        "profile store ({backend:?}) is up to date; {} tenants have a profile",
+        profiles.len()
+    );
+    Ok(())
+}
+
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen),
@@ -206,6 +224,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 );
             })
             .map_err(Into::into),
+        Command::Migrate { config } => migrate(&config),
         Command::HashKey { key } => hash_key(key),
         Command::Openapi => {
             print!("{}", server::openapi::document());

@@ -45,6 +45,10 @@ pub struct Config {
     #[serde(default)]
     pub profiles: ProfilesConfig,
     #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub decisions: DecisionsConfig,
+    #[serde(default)]
     pub models: ModelsConfig,
     #[serde(default)]
     pub llm: LlmConfig,
@@ -137,18 +141,153 @@ pub use crate::config_models::{
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProfilesConfig {
+    /// Where profiles live: one SQLite file, or a PostgreSQL database several replicas share.
+    pub backend: StoreBackend,
     /// SQLite file holding every tenant's profile and its history (created when missing).
     pub database: String,
+    /// PostgreSQL connection string (`host=.. user=.. dbname=..` or `postgresql://..`), for
+    /// `backend = "postgres"`. Prefer `url_env`, so a password stays out of the file.
+    pub url: Option<String>,
+    /// The environment variable holding the PostgreSQL connection string.
+    pub url_env: Option<String>,
     /// Largest number of versions `GET .../profile/history` returns.
     pub history_limit: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Sqlite,
+    Postgres,
 }
 
 impl Default for ProfilesConfig {
     fn default() -> Self {
         Self {
+            backend: StoreBackend::Sqlite,
             database: "data/profiles.sqlite".into(),
+            url: None,
+            url_env: None,
             history_limit: 100,
         }
+    }
+}
+
+/// A connection string from `<section>.url_env` (when set) or `<section>.url`.
+fn url_from(
+    section: &str,
+    backend: &str,
+    url: &Option<String>,
+    url_env: &Option<String>,
+) -> Result<String, ConfigError> {
+    if let Some(var) = url_env {
+        return std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                config_err(
+                    format!("{section}.url_env"),
+                    format!("the environment variable {var} is not set"),
+                )
+            });
+    }
+    url.clone().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+        config_err(
+            format!("{section}.url"),
+            format!("backend = \"{backend}\" needs url or url_env"),
+        )
+    })
+}
+
+impl ProfilesConfig {
+    /// The PostgreSQL connection string, from `url_env` (when set) or `url`.
+    pub fn postgres_url(&self) -> Result<String, ConfigError> {
+        url_from("profiles", "postgres", &self.url, &self.url_env)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionsConfig {
+    /// Record enforcement decisions (as each profile's `log_decisions` and `log_text` say).
+    pub enabled: bool,
+    /// Decisions waiting to be written; more are dropped and counted, never waited for.
+    pub queue: usize,
+    /// Records older than this many days are deleted (0: kept forever).
+    pub retention_days: u64,
+    /// Most records one `GET /v1/decisions` page holds.
+    pub max_page: usize,
+}
+
+impl Default for DecisionsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            queue: 1024,
+            retention_days: 30,
+            max_page: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Where tenant limits are counted: on each replica, or shared through Redis.
+    pub backend: LimitsBackend,
+    /// Redis URL (`redis://host:port/db`), for `backend = "redis"`; or `url_env`.
+    pub url: Option<String>,
+    /// The environment variable holding the Redis URL.
+    pub url_env: Option<String>,
+    /// Prefix of every key the proxy writes (replicas of one deployment share it).
+    pub key_prefix: String,
+    /// How long a concurrency lease lives when its replica dies before giving it back.
+    pub lease_seconds: u64,
+    /// How long one admission waits for Redis before using the replica's own limits.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsBackend {
+    #[default]
+    Local,
+    Redis,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            backend: LimitsBackend::Local,
+            url: None,
+            url_env: None,
+            key_prefix: "visa".into(),
+            lease_seconds: 600,
+            timeout_ms: 100,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn redis_url(&self) -> Result<String, ConfigError> {
+        url_from("limits", "redis", &self.url, &self.url_env)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.backend == LimitsBackend::Redis {
+            self.redis_url()?;
+        }
+        if self.lease_seconds == 0 {
+            return Err(config_err("limits.lease_seconds", "must be above 0"));
+        }
+        if self.timeout_ms == 0 {
+            return Err(config_err("limits.timeout_ms", "must be above 0"));
+        }
+        if self.key_prefix.is_empty() {
+            return Err(config_err("limits.key_prefix", "must not be empty"));
+        }
+        Ok(())
     }
 }
 
@@ -373,8 +512,14 @@ impl Config {
                 "must be above 0",
             ));
         }
-        if self.profiles.database.trim().is_empty() {
-            return Err(config_err("profiles.database", "must name a file"));
+        match self.profiles.backend {
+            StoreBackend::Sqlite if self.profiles.database.trim().is_empty() => {
+                return Err(config_err("profiles.database", "must name a file"));
+            }
+            StoreBackend::Sqlite => {}
+            StoreBackend::Postgres => {
+                self.profiles.postgres_url()?;
+            }
         }
         for (f, v) in [
             ("models.encoder_queue", self.models.encoder_queue),
@@ -385,6 +530,13 @@ impl Config {
             if v == 0 {
                 return Err(config_err(f, "must be above 0"));
             }
+        }
+        self.limits.validate()?;
+        if self.decisions.queue == 0 {
+            return Err(config_err("decisions.queue", "must be above 0"));
+        }
+        if self.decisions.max_page == 0 {
+            return Err(config_err("decisions.max_page", "must be above 0"));
         }
         self.llm.validate()?;
         self.rewriter.validate()?;

@@ -6,11 +6,13 @@
 pub mod cli;
 pub mod config;
 pub mod config_models;
+pub mod decisions;
 pub mod detector;
 pub mod edit;
 pub mod enforce;
 pub mod error;
 pub mod grpo;
+pub mod limits;
 pub mod metrics;
 pub mod models;
 pub mod rewriter;

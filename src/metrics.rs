@@ -127,6 +127,10 @@ pub struct Metrics {
     edits: Family<EditLabels, Counter>,
     /// The same enforcement figures per tenant, as JSON for `GET /v1/stats`.
     pub stats: crate::stats::Stats,
+    /// Admissions decided by a replica's own limits because Redis did not answer.
+    pub limits_fallback: Counter,
+    /// The decision log's queue: written, dropped (full), failed (the store).
+    pub decisions: crate::decisions::DecisionStats,
 }
 
 impl Default for Metrics {
@@ -286,7 +290,35 @@ impl Metrics {
             "Sentence edits returned to clients, by kind (rewritten, dropped, inserted) and source (model, clause, drop, bank)",
             edits.clone(),
         );
+        let limits_fallback = Counter::default();
+        registry.register(
+            "limits_fallback",
+            "Admissions decided by this replica's own tenant limits because Redis (limits.backend = \"redis\") did not answer",
+            limits_fallback.clone(),
+        );
+        let decisions = crate::decisions::DecisionStats::default();
+        for (name, help, value) in [
+            (
+                "decisions_written",
+                "Enforcement decisions written to the decision log",
+                &decisions.written,
+            ),
+            (
+                "decisions_dropped",
+                "Enforcement decisions not logged because the log's queue was full",
+                &decisions.dropped,
+            ),
+            (
+                "decisions_failed",
+                "Enforcement decisions lost because the store failed to write them",
+                &decisions.failed,
+            ),
+        ] {
+            registry.register(name, help, value.clone());
+        }
         Self {
+            decisions,
+            limits_fallback,
             encoder,
             llm,
             added,

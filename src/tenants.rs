@@ -46,6 +46,7 @@ impl std::fmt::Debug for Tenant {
 #[derive(Debug)]
 pub struct Admission {
     _permit: Option<OwnedSemaphorePermit>,
+    _lease: Option<crate::limits::Lease>,
     in_flight: Arc<AtomicU64>,
 }
 
@@ -81,40 +82,54 @@ impl Tenant {
         }
     }
 
-    /// Admit one request or say why not (429 with a retry-after).
+    /// Admit one request under this replica's own limits, or say why not (429 with a
+    /// retry-after).
     pub fn admit(&self) -> Result<Admission, ApiError> {
         let permit = match &self.concurrency {
-            Some(sem) => Some(sem.clone().try_acquire_owned().map_err(|_| {
-                ApiError::new(
-                    ErrorKind::TenantBusy,
-                    format!(
-                        "tenant {} already has {} requests in flight, its limit",
-                        self.id,
-                        self.limits.max_concurrent.unwrap_or_default()
-                    ),
-                )
-            })?),
+            Some(sem) => Some(sem.clone().try_acquire_owned().map_err(|_| self.busy())?),
             None => None,
         };
         if let Some(rate) = &self.rate
             && let Err(not_until) = rate.check()
         {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            return Err(ApiError::new(
-                ErrorKind::RateLimited { retry_after: wait },
-                format!(
-                    "tenant {} is over its limit of {} requests per minute",
-                    self.id,
-                    self.limits.requests_per_minute.unwrap_or_default()
-                ),
-            ));
+            return Err(self.over_rate(not_until.wait_time_from(DefaultClock::default().now())));
         }
+        let mut admission = self.admitted(None);
+        admission._permit = permit;
+        Ok(admission)
+    }
+
+    /// Count an admitted request (decided here or by the shared limits).
+    pub(crate) fn admitted(&self, lease: Option<crate::limits::Lease>) -> Admission {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.served.fetch_add(1, Ordering::Relaxed);
-        Ok(Admission {
-            _permit: permit,
+        Admission {
+            _permit: None,
+            _lease: lease,
             in_flight: self.in_flight.clone(),
-        })
+        }
+    }
+
+    pub(crate) fn busy(&self) -> ApiError {
+        ApiError::new(
+            ErrorKind::TenantBusy,
+            format!(
+                "tenant {} already has {} requests in flight, its limit",
+                self.id,
+                self.limits.max_concurrent.unwrap_or_default()
+            ),
+        )
+    }
+
+    pub(crate) fn over_rate(&self, wait: std::time::Duration) -> ApiError {
+        ApiError::new(
+            ErrorKind::RateLimited { retry_after: wait },
+            format!(
+                "tenant {} is over its limit of {} requests per minute",
+                self.id,
+                self.limits.requests_per_minute.unwrap_or_default()
+            ),
+        )
     }
 
     pub fn in_flight(&self) -> u64 {

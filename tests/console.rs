@@ -2,7 +2,7 @@
 //! tests/browser/console.test.mjs) against the real proxy with the real local models and a mock
 //! upstream. Sign-in, the tenants list, the profile editor (validation error at the field,
 //! keyboard and pointer edits of the chart, save), the translator, history and restore, the
-//! playground's rewrite and its streamed view, tenant isolation, and the overview. Screenshots
+//! playground's rewrite and its streamed view, tenant isolation, the overview, and the decision log. Screenshots
 //! land in `$VISA_SCREENSHOTS` (default: `console-screenshots` in cargo's target directory).
 //! Needs `bash scripts/setup-browser.sh` (Chromium and playwright-core; `.ci/run` runs it).
 
@@ -127,7 +127,13 @@ async fn console_works_in_a_real_browser() {
     );
     assert!(stdout.contains("fail 0"), "{stdout}\n{stderr}");
     println!("{stdout}\nscreenshots in {}", shots.display());
-    for name in ["tenants", "profile-editor", "playground", "overview"] {
+    for name in [
+        "tenants",
+        "profile-editor",
+        "playground",
+        "overview",
+        "decisions",
+    ] {
         assert!(shots.join(format!("{name}.png")).exists(), "{name}.png");
     }
 }

@@ -1056,3 +1056,135 @@ async fn openai_sdk_reads_a_rewritten_stream_and_answer() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("2 passed, 0 failed"), "{stdout}\n{stderr}");
 }
+
+async fn decisions(proxy: &Proxy, key: &str, query: &str) -> (u16, Value) {
+    let r = client()
+        .get(proxy.url(&format!("/v1/decisions{query}")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// The decision log, written off the request path: wait until the tenant's log holds `n`.
+async fn logged(proxy: &Proxy, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = decisions(proxy, "sk-acme", "").await;
+        assert_eq!(status, 200, "{v}");
+        let data = v["data"].as_array().unwrap().clone();
+        if data.len() >= n {
+            return data;
+        }
+        assert!(Instant::now() < deadline, "{n} decisions not logged: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_log_records_what_was_changed_for_its_tenant_only() {
+    let mock = MockUpstream::start().await;
+    let other = format!(
+        "[[tenants]]\nid = \"other\"\napi_key_sha256 = [\"{}\"]\nupstreams = [\"mock\"]\n",
+        key_hash("sk-other")
+    );
+    let proxy = Proxy::start(&config(&mock, "", &other), &[("VISA_ADMIN_KEY", ADMIN)]);
+    let mut profile = keep_low(&proxy, "power", POWER, &[NEUTRAL_1, NEUTRAL_2, NEUTRAL_3]).await;
+    profile["log_text"] = json!("full");
+    set_profile(&proxy, profile).await;
+    // A passed answer is not logged (the profile logs changes); a rewritten one is.
+    let (_, h, _) = chat(&proxy, answer_body(NEUTRAL_1)).await;
+    assert_eq!(h["x-visa-action"], "passed");
+    let original = long_answer();
+    let (status, h, v) = chat(&proxy, answer_body(&original)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(h["x-visa-action"], "rewritten", "{v}");
+    let sent = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let d = logged(&proxy, 1).await;
+    assert_eq!(d.len(), 1, "{d:?}");
+    let d = &d[0];
+    assert_eq!(d["tenant_id"], "acme");
+    assert_eq!(d["action"], "rewritten");
+    assert_eq!(d["kind"], "json");
+    assert_eq!(d["values"], json!(["power"]));
+    assert_eq!(d["profile_version"], 1);
+    assert_eq!(d["request_id"], h["x-request-id"].to_str().unwrap());
+    // The edits as the metadata reported them, and both texts (the profile keeps them).
+    assert_eq!(
+        d["choices"][0]["edits"], v["visa"]["choices"][0]["edits"],
+        "{d}"
+    );
+    let distance = |k: &str| d["choices"][0][k]["distance"].as_f64().unwrap();
+    assert!(distance("after") < distance("before"), "{d}");
+    assert_eq!(d["texts"][0]["original"], original.as_str());
+    assert_eq!(d["texts"][0]["final"], sent);
+
+    // Filters, pages and who sees what.
+    let (_, _, v2) = chat(&proxy, answer_body(&original)).await;
+    assert_eq!(v2["visa"]["action"], "rewritten", "{v2}");
+    let both = logged(&proxy, 2).await;
+    let (_, page) = decisions(&proxy, "sk-acme", "?limit=1").await;
+    assert_eq!(page["data"][0]["id"], both[0]["id"]);
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, page2) = decisions(&proxy, "sk-acme", &format!("?limit=1&cursor={cursor}")).await;
+    assert_eq!(page2["data"][0]["id"], both[1]["id"], "{page2}");
+    assert!(page2.get("next_cursor").is_none(), "{page2}");
+    for (query, n) in [
+        ("?action=rewritten", 2),
+        ("?action=blocked", 0),
+        ("?value=power", 2),
+        ("?value=hedonism", 0),
+        ("?since=4102444800", 0),
+    ] {
+        let (status, v) = decisions(&proxy, "sk-acme", query).await;
+        assert_eq!(status, 200, "{query}: {v}");
+        assert_eq!(v["data"].as_array().unwrap().len(), n, "{query}: {v}");
+    }
+    let (status, v) = decisions(&proxy, "sk-other", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["data"], json!([]), "another tenant's decisions: {v}");
+    let (status, v) = decisions(&proxy, "sk-other", "?tenant_id=acme").await;
+    assert_eq!(
+        (status, &v["error"]["param"]),
+        (400, &json!("tenant_id")),
+        "{v}"
+    );
+    let (status, v) = decisions(&proxy, ADMIN, "?tenant_id=acme&action=rewritten").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["data"].as_array().unwrap().len(), 2, "{v}");
+    let (status, v) = decisions(&proxy, ADMIN, "?value=nonsense").await;
+    assert_eq!(
+        (status, &v["error"]["param"]),
+        (400, &json!("value")),
+        "{v}"
+    );
+
+    // With log_text "none" (the default), no text is kept: not the answer's, not the edits'.
+    let r = client()
+        .patch(proxy.url("/v1/profile"))
+        .bearer_auth("sk-acme")
+        .json(&json!({"log_text": "none"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    chat(&proxy, answer_body(&original)).await;
+    let d = logged(&proxy, 3).await;
+    assert_eq!(d[0]["profile_version"], 2);
+    assert!(d[0].get("texts").is_none(), "{}", d[0]);
+    let edits = d[0]["choices"][0]["edits"].as_array().unwrap();
+    assert!(!edits.is_empty());
+    for e in edits {
+        assert!(
+            e.get("original").is_none() && e.get("text").is_none(),
+            "{e}"
+        );
+        assert!(!d[0].to_string().contains("Show everyone"), "{}", d[0]);
+    }
+    let metrics = proxy.metrics(ADMIN).await;
+    assert!(
+        metrics.contains("visa_decisions_written_total 3"),
+        "{metrics}"
+    );
+}

@@ -138,6 +138,8 @@ pub struct Enforcer {
     pub metrics: Arc<Metrics>,
     /// Audits measured after their answer was sent (`deferred`).
     pub deferred: tokio::sync::mpsc::Sender<Sampled>,
+    /// Where decisions are recorded (`[decisions] enabled`).
+    pub decisions: Option<Arc<crate::decisions::DecisionLog>>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -174,6 +176,27 @@ fn outside(profile: &Profile, fit: &ValueFit) -> Vec<ValueId> {
 }
 
 impl Enforcer {
+    /// Queue the decision on one answer for the decision log (when it is on and the profile
+    /// logs this action); never waits. `pending`'s values and reports are filled in here.
+    pub(crate) fn log_decision(
+        &self,
+        profile: &Profile,
+        reports: &[Report],
+        mut pending: crate::decisions::Pending,
+    ) {
+        let Some(log) = &self.decisions else { return };
+        for r in reports {
+            for v in outside(profile, &r.before) {
+                let name = v.as_str().to_owned();
+                if !pending.values.contains(&name) {
+                    pending.values.push(name);
+                }
+            }
+        }
+        pending.reports = serde_json::to_value(reports).unwrap_or(Value::Null);
+        log.record(profile, pending);
+    }
+
     /// The tenant's profile when it asks for anything; `Err` when it does but the models are
     /// off (failing closed rather than passing unchecked text).
     pub fn profile_for(&self, tenant: &str) -> Result<Option<Arc<Profile>>, ApiError> {
@@ -741,6 +764,39 @@ impl Enforcer {
         let total = started.elapsed();
         if !work.is_empty() {
             self.metrics.added("json", total);
+        }
+        if !reports.is_empty() {
+            let texts = work
+                .iter()
+                .map(|(k, index, original)| {
+                    let blocked = reports
+                        .iter()
+                        .any(|r| r.index == *index && r.action == VisaAction::Blocked);
+                    let sent = answer
+                        .get("choices")
+                        .and_then(|c| c.get(*k))
+                        .and_then(|c| c.get("message"))
+                        .and_then(|m| m.get("content"))
+                        .and_then(content_text)
+                        .flatten()
+                        .filter(|_| !blocked);
+                    (*index, original.clone(), sent)
+                })
+                .collect();
+            self.log_decision(
+                &profile,
+                &reports,
+                crate::decisions::Pending {
+                    tenant: ctx.tenant.id.clone(),
+                    request_id: ctx.request_id.clone(),
+                    kind: "json",
+                    action: worst.as_str(),
+                    values: Vec::new(),
+                    total_ms: ms(total),
+                    reports: Value::Null,
+                    texts,
+                },
+            );
         }
         if ctx.metadata {
             answer["visa"] = json!({

@@ -364,6 +364,9 @@ struct ChoiceBuf {
     since: Option<Instant>,
     /// Text released to the client so far.
     released: String,
+    /// The upstream's text of this choice, for the decision log (kept only when the profile's
+    /// `log_text` keeps text).
+    upstream: String,
     /// The values of the released text (per value, the maximum over its sentences).
     released_values: Option<ValueVector>,
     windows: usize,
@@ -458,6 +461,12 @@ fn too_large(limit: usize, what: &str) -> ApiError {
 }
 
 impl Windows {
+    /// Whether the decision log keeps this stream's text (so it is accumulated).
+    fn keeps_text(&self) -> bool {
+        self.enforcer.decisions.is_some()
+            && self.profile.log_text != crate::values::profile::LogText::None
+    }
+
     /// A chunk with one choice, carrying that choice's own fields.
     fn emit(
         &self,
@@ -934,8 +943,33 @@ impl Windows {
         self.choices.get(&index).is_some_and(|b| b.blocked)
     }
 
-    /// The `visa` chunk, the usage chunk and `[DONE]`.
+    /// The `visa` chunk, the usage chunk and `[DONE]`; the decision goes to the log.
     fn tail(&mut self) -> Vec<Item> {
+        if !self.reports.is_empty() {
+            let texts = self
+                .choices
+                .iter()
+                .filter(|(_, b)| !b.upstream.is_empty())
+                .map(|(i, b)| {
+                    let sent = (!b.released.is_empty()).then(|| b.released.clone());
+                    (*i, b.upstream.clone(), sent)
+                })
+                .collect();
+            self.enforcer.log_decision(
+                &self.profile,
+                &self.reports,
+                crate::decisions::Pending {
+                    tenant: self.tenant.clone(),
+                    request_id: self.request_id.clone(),
+                    kind: "stream",
+                    action: self.worst.as_str(),
+                    values: Vec::new(),
+                    total_ms: super::ms(self.started.elapsed()),
+                    reports: Value::Null,
+                    texts,
+                },
+            );
+        }
         let mut items = Vec::new();
         if self.metadata {
             items.push(self.template.chunk(
@@ -1014,12 +1048,16 @@ fn windows(mut state: Windows, mut upstream: BoxStream<'static, Item>) -> BoxStr
                         state.choices.entry(index).or_default().extras.extend(fields);
                     }
                     Piece::Content { index, text, logprobs } => {
+                        let keep = state.keeps_text();
                         let buf = state.choices.entry(index).or_default();
                         if buf.since.is_none() {
                             buf.since = Some(Instant::now());
                         }
                         buf.hold_logprobs(logprobs);
                         buf.held.push_str(&text);
+                        if keep {
+                            buf.upstream.push_str(&text);
+                        }
                         let (items, stop) = state.release_or_end(index, false).await;
                         for it in items { yield it; }
                         if stop { return; }
@@ -1233,6 +1271,15 @@ async fn buffer(
                 Fate::Pass
             }
         };
+        if state.keeps_text() {
+            let b = state.choices.entry(*index).or_default();
+            b.upstream = text.clone();
+            b.released = match &fate {
+                Fate::Replace(t) => t.clone(),
+                Fate::Pass => text.clone(),
+                Fate::Block => String::new(),
+            };
+        }
         fates.insert(*index, fate);
     }
     // Text beside the content: checked, not rewritten. A refusal or transcript that misses

@@ -52,6 +52,7 @@ impl Item {
                 steer: false,
                 max_added_ms: None,
                 audit_sample: None,
+                ..ProfileSpec::default()
             },
             0,
             0,

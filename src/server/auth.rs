@@ -62,7 +62,7 @@ pub async fn tenant_auth(State(state): State<AppState>, mut req: Request, next: 
         return unauthorized("Incorrect API key provided.");
     };
     let label = TenantLabel(tenant.id.clone());
-    let admission = match tenant.admit() {
+    let admission = match state.limits.admit(&tenant).await {
         Ok(a) => a,
         Err(e) => {
             state.metrics.rejected(match e.kind {

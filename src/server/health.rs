@@ -21,8 +21,8 @@ pub async fn healthz() -> Json<Value> {
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "Configuration loaded and every upstream reachable (or its check skipped). Anonymous callers get the status only; with the admin key, each upstream's outcome. Probes are reused for 5 s.", body = Object,
-            example = json!({"status":"ready","upstreams":{"openai":"ok","local-vllm":"skipped"}})),
+        (status = 200, description = "Configuration loaded and every upstream reachable (or its check skipped). Anonymous callers get the status only; with the admin key, each upstream's outcome and whether the profile change feed (PostgreSQL store) is connected: `none`, `connected` or `disconnected`; and where tenant limits are counted: `local`, `redis`, or `redis unreachable: per-replica limits`. Probes are reused for 5 s.", body = Object,
+            example = json!({"status":"ready","upstreams":{"openai":"ok","local-vllm":"skipped"},"profile_feed":"none","limits":"local"})),
         (status = 503, description = "Some upstream cannot be reached", body = Object,
             example = json!({"status":"not_ready","upstreams":{"openai":"unreachable: connection refused"}})),
     ))]
@@ -52,7 +52,13 @@ pub async fn readyz(State(state): State<AppState>, headers: axum::http::HeaderMa
     };
     let word = if ready { "ready" } else { "not_ready" };
     let body = if super::auth::is_admin(&state, &headers) {
-        json!({"status": word, "upstreams": upstreams})
+        let feed = match state.profiles.feed() {
+            crate::store::FeedState::None => "none",
+            crate::store::FeedState::Connected => "connected",
+            crate::store::FeedState::Disconnected => "disconnected",
+        };
+        json!({"status": word, "upstreams": upstreams, "profile_feed": feed,
+            "limits": state.limits.state().as_str()})
     } else {
         json!({"status": word})
     };

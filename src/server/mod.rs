@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod chat_body;
+pub mod decisions;
 pub mod extract;
 pub mod health;
 pub mod me;
@@ -38,6 +39,7 @@ use crate::rewriter::{RewriteBackend, Rewriter};
 use crate::score::Scorer;
 use crate::stage::ResponseStage;
 use crate::store::Profiles;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::tenants::TenantRegistry;
 use crate::translator::{Translation, Translator};
@@ -69,6 +71,8 @@ pub struct Shared {
     pub admin_key_hash: Option<[u8; 32]>,
     /// Value profiles: read from memory, written through the store.
     pub profiles: Arc<Profiles>,
+    /// Tenant limits: this replica's own, or shared through Redis.
+    pub limits: Arc<crate::limits::Limits>,
     /// The value models; `None` when `models.enabled = false`.
     pub models: Option<Arc<ValueModels>>,
     /// The local language model; `None` when `llm.enabled = false`.
@@ -179,6 +183,26 @@ impl ValueModels {
     }
 }
 
+/// Open the configured profile store and load every current profile (blocking).
+pub fn open_profiles(config: &crate::config::ProfilesConfig) -> anyhow::Result<Profiles> {
+    use crate::config::StoreBackend;
+    let (field, store): (&str, Arc<dyn crate::store::ProfileStore>) = match config.backend {
+        StoreBackend::Sqlite => {
+            let db = std::path::PathBuf::from(&config.database);
+            let store =
+                SqliteStore::open(&db).map_err(|e| anyhow::anyhow!("profiles.database: {e}"))?;
+            ("profiles.database", Arc::new(store))
+        }
+        StoreBackend::Postgres => {
+            let url = config.postgres_url()?;
+            let store =
+                PostgresStore::connect(&url).map_err(|e| anyhow::anyhow!("profiles.url: {e}"))?;
+            ("profiles.url", Arc::new(store))
+        }
+    };
+    Profiles::open(store).map_err(|e| anyhow::anyhow!("{field}: {e}"))
+}
+
 impl AppState {
     /// Build everything the server needs: tenants, upstreams, the profile store, the models.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
@@ -193,12 +217,9 @@ impl AppState {
         };
         let upstreams = Upstreams::from_config(&config, metrics.clone(), llm.clone())?;
         let admin_key_hash = config.admin_key.as_deref().map(crate::config::hash_key);
-        let db = std::path::PathBuf::from(&config.profiles.database);
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
-            .await?
-            .map_err(|e| anyhow::anyhow!("profiles.database: {e}"))?;
-        let profiles = Profiles::open(Arc::new(store))
-            .map_err(|e| anyhow::anyhow!("profiles.database: {e}"))?;
+        let profiles_config = config.profiles.clone();
+        let profiles =
+            tokio::task::spawn_blocking(move || open_profiles(&profiles_config)).await??;
         let models = if config.models.enabled {
             Some(Arc::new(
                 ValueModels::load(&config.models, metrics.encoder.clone()).await?,
@@ -266,9 +287,22 @@ impl AppState {
             max_text_chars: config.models.max_text_chars,
             metrics: metrics.clone(),
             deferred,
+            decisions: config.decisions.enabled.then(|| {
+                crate::decisions::DecisionLog::start(
+                    profiles.store(),
+                    config.decisions.queue,
+                    config.decisions.retention_days,
+                    metrics.decisions.clone(),
+                )
+            }),
         });
         crate::enforce::deferred::spawn(Arc::downgrade(&enforcer), deferred_rx);
+        let limits = Arc::new(crate::limits::Limits::from_config(
+            &config.limits,
+            metrics.limits_fallback.clone(),
+        )?);
         Ok(Self(Arc::new(Shared {
+            limits,
             stage: Arc::new(EnforceStage(enforcer.clone())),
             enforcer,
             llm,

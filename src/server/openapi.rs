@@ -125,6 +125,7 @@ impl Modify for SecuritySchemes {
         crate::server::profiles::tenant_history,
         crate::server::me::me,
         crate::server::stats::stats,
+        crate::server::decisions::list,
         crate::server::profiles::list_values,
         crate::server::values::detect,
         crate::server::rewrite::rewrite,
@@ -136,13 +137,16 @@ impl Modify for SecuritySchemes {
     ),
     components(schemas(ErrorResponse, ErrorObject, ChatCompletionRequest, ChatCompletion, ModelList, TenantList,
         crate::values::Profile, crate::values::ValueTarget, crate::values::Action, crate::values::Fallback,
-        crate::values::StreamMode, crate::values::ValueId, crate::values::ValueVector)),
+        crate::values::StreamMode, crate::values::ValueId, crate::values::ValueVector,
+        crate::values::profile::LogDecisions, crate::values::profile::LogText,
+        crate::decisions::DecisionRecord, crate::decisions::DecisionText)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "chat", description = "OpenAI-compatible endpoints"),
         (name = "admin", description = "Management, with the admin key"),
         (name = "profiles", description = "Value profiles: per-tenant targets, weights, tolerances and actions"),
         (name = "values", description = "The 10 Schwartz values and the detector"),
+        (name = "decisions", description = "The decision log: what enforcement changed in answers, and why"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

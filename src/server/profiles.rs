@@ -118,7 +118,7 @@ pub async fn admin_get(
 
 #[utoipa::path(put, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
     params(("tenant_id" = String, Path, description = "Tenant id from the config")),
-    request_body(content = Object, description = "A whole profile: `values` (value id -> {target, weight?, tolerance?}), `action`, `fallback`, `stream_mode`, `steer`, `max_added_ms`, `audit_sample` (with `action: audit`, the share of answers measured after they were sent). Omitted fields take their defaults; `version` and `updated_at` are ignored.",
+    request_body(content = Object, description = "A whole profile: `values` (value id -> {target, weight?, tolerance?}), `action`, `fallback`, `stream_mode`, `steer`, `max_added_ms`, `audit_sample` (with `action: audit`, the share of answers measured after they were sent), `log_decisions` (`changes` or `all`: which decisions `GET /v1/decisions` keeps) and `log_text` (`none`, `hash` or `full`: what text of an answer it keeps). Omitted fields take their defaults; `version` and `updated_at` are ignored.",
         example = json!({"values":{"benevolence":{"target":0.8},"power":{"target":0.1,"weight":2}},"action":"rewrite"})),
     responses(
         (status = 200, description = "Saved; the new version", body = Profile),
@@ -141,7 +141,7 @@ pub async fn admin_put(
 
 #[utoipa::path(patch, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
     params(("tenant_id" = String, Path, description = "Tenant id from the config")),
-    request_body(content = Object, description = "Either field changes (`values.<id>` merged, `null` removes a constraint; `action`, `fallback`, `stream_mode`, `steer`; `max_added_ms` and `audit_sample`, where `null` clears them), or `{\"instruction\": \"...\"}`, which is translated into target changes and applied.",
+    request_body(content = Object, description = "Either field changes (`values.<id>` merged, `null` removes a constraint; `action`, `fallback`, `stream_mode`, `steer`; `max_added_ms` and `audit_sample`, where `null` clears them; `log_decisions`, `log_text`), or `{\"instruction\": \"...\"}`, which is translated into target changes and applied.",
         example = json!({"instruction": "more caring, less about status"})),
     responses(
         (status = 200, description = "Saved; the new version", body = Profile),

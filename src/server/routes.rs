@@ -10,8 +10,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::services::ServeDir;
 
 use super::{
-    AppState, admin, auth, chat, health, me, models, observe, openapi, profiles, rewrite, stats,
-    values,
+    AppState, admin, auth, chat, decisions, health, me, models, observe, openapi, profiles,
+    rewrite, stats, values,
 };
 use crate::error::{ApiError, ErrorKind};
 
@@ -24,6 +24,7 @@ pub const OWN_PROFILE: &str = "/v1/profile";
 pub const OWN_PROFILE_HISTORY: &str = "/v1/profile/history";
 pub const ME: &str = "/v1/me";
 pub const STATS: &str = "/v1/stats";
+pub const DECISIONS: &str = "/v1/decisions";
 pub const VALUES: &str = "/v1/values";
 pub const VALUES_DETECT: &str = "/v1/values/detect";
 pub const VALUES_REWRITE: &str = "/v1/values/rewrite";
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route(PROFILES_TRANSLATE, post(values::translate))
         .route(ME, get(me::me))
         .route(STATS, get(stats::stats))
+        .route(DECISIONS, get(decisions::list))
         .route_layer(from_fn_with_state(state.clone(), auth::any_auth));
     // Management routes: the admin key.
     let admin_routes = Router::new()

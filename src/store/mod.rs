@@ -1,12 +1,20 @@
-//! Profile persistence behind a trait (SQLite now; Postgres for several replicas later), and
-//! the in-memory view the request path reads, updated only after a write has committed.
+//! Profile persistence behind a trait (SQLite for one replica, PostgreSQL for several), and
+//! the in-memory view the request path reads, updated only after a write has committed, here or,
+//! through the store's change feed, on another replica.
 
+#[cfg(test)]
+mod contract;
+pub mod postgres;
 pub mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use dashmap::DashMap;
 
+use crate::decisions::{DecisionQuery, DecisionRecord};
 use crate::values::Profile;
 use crate::values::profile::ProfileSpec;
 
@@ -36,33 +44,272 @@ pub trait ProfileStore: Send + Sync + 'static {
     ) -> Result<HistoryEntry, StoreError>;
     /// Newest first, at most `limit` entries.
     fn history(&self, tenant: &str, limit: usize) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// Append decision records in one transaction (their ids are assigned here).
+    fn insert_decisions(&self, records: &[DecisionRecord]) -> Result<(), StoreError>;
+    /// Newest first, as the query filters and pages them.
+    fn list_decisions(&self, query: &DecisionQuery) -> Result<Vec<DecisionRecord>, StoreError>;
+    /// Delete records created before this time (Unix ms); returns how many went.
+    fn purge_decisions(&self, before_ms: i64) -> Result<usize, StoreError>;
+    /// Start telling `sink` of commits made by other processes, when the store can. `None`: it
+    /// has no change feed (SQLite, one replica per file).
+    fn watch(&self, sink: Arc<dyn ChangeSink>) -> Result<Option<Watch>, StoreError> {
+        let _ = sink;
+        Ok(None)
+    }
+}
+
+/// The filters of a decision query as SQL: a `WHERE` clause with numbered placeholders
+/// (`$1` or `?1`, as `mark` writes them) and its arguments, and the limit.
+pub(crate) fn decision_filters(
+    query: &DecisionQuery,
+    mark: impl Fn(usize) -> String,
+) -> (String, Vec<DecisionArg>) {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut args: Vec<DecisionArg> = Vec::new();
+    let mut push = |clause: &str, arg: DecisionArg| {
+        args.push(arg);
+        clauses.push(clause.replace('?', &mark(args.len())));
+    };
+    if let Some(t) = &query.tenant {
+        push("tenant_id = ?", DecisionArg::Text(t.clone()));
+    }
+    if let Some(a) = &query.action {
+        push("action = ?", DecisionArg::Text(a.clone()));
+    }
+    if let Some(v) = &query.value {
+        push("vals LIKE ?", DecisionArg::Text(format!("%,{v},%")));
+    }
+    if let Some(t) = query.since {
+        push("created_at >= ?", DecisionArg::Int(t));
+    }
+    if let Some(t) = query.until {
+        push("created_at <= ?", DecisionArg::Int(t));
+    }
+    if let Some(id) = query.before_id {
+        push("id < ?", DecisionArg::Int(id));
+    }
+    let filter = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    (filter, args)
+}
+
+pub(crate) enum DecisionArg {
+    Text(String),
+    Int(i64),
+}
+
+/// The stored form of a record: its JSON without the id, and the values as `,a,b,` (so one
+/// `LIKE` finds a value).
+pub(crate) fn decision_row(r: &DecisionRecord) -> Result<(String, String), StoreError> {
+    let body = serde_json::to_string(r).map_err(|e| StoreError(e.to_string()))?;
+    Ok((body, format!(",{},", r.values.join(","))))
+}
+
+pub(crate) fn decision_from_row(id: i64, body: &str) -> Result<DecisionRecord, StoreError> {
+    let mut r: DecisionRecord = serde_json::from_str(body)
+        .map_err(|e| StoreError(format!("decision {id} is unreadable: {e}")))?;
+    r.id = id;
+    Ok(r)
+}
+
+/// What a store's change feed calls, from a thread of its own.
+pub trait ChangeSink: Send + Sync + 'static {
+    /// This tenant's profile has a new version.
+    fn changed(&self, tenant: &str);
+    /// Changes may have been missed (a (re)connect): reload everything.
+    fn resync(&self);
+    /// Whether the feed is connected now.
+    fn connected(&self, up: bool);
+}
+
+/// A running change feed; dropping it stops the feed's thread at its next wake-up.
+pub struct Watch {
+    stop: Arc<AtomicBool>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Watch {
+    pub fn new(stop: Arc<AtomicBool>, thread: std::thread::JoinHandle<()>) -> Self {
+        Self {
+            stop,
+            _thread: thread,
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Profiles as the proxy uses them: reads from memory, writes through the store.
 pub struct Profiles {
+    view: Arc<View>,
+    _watch: Option<Watch>,
+}
+
+/// The memory view and what keeps it in commit order.
+struct View {
     store: Arc<dyn ProfileStore>,
-    current: Arc<DashMap<String, Arc<Profile>>>,
-    /// One writer at a time, so the memory view follows the commit order. Held by the blocking
-    /// task that commits and publishes, not by the request's future.
-    write: Arc<std::sync::Mutex<()>>,
+    current: DashMap<String, Arc<Profile>>,
+    /// The newest version applied per tenant, deletions included, so a late or repeated change
+    /// notice never puts an older version back.
+    applied: DashMap<String, u64>,
+    /// One writer at a time (local commits and applied notices), so the view follows the commit
+    /// order. Held by blocking tasks and the feed's thread, never by a request's future.
+    write: std::sync::Mutex<()>,
+    feed_up: AtomicBool,
+    has_feed: AtomicBool,
+}
+
+impl View {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, StoreError> {
+        self.write
+            .lock()
+            .map_err(|_| StoreError("a profile write failed earlier".into()))
+    }
+
+    /// Put this entry in the view unless a newer version is already there.
+    fn apply(&self, tenant: &str, entry: &HistoryEntry) {
+        if self
+            .applied
+            .get(tenant)
+            .is_some_and(|v| *v >= entry.version)
+        {
+            return;
+        }
+        self.applied.insert(tenant.to_owned(), entry.version);
+        match &entry.profile {
+            Some(p) => {
+                self.current.insert(tenant.to_owned(), Arc::new(p.clone()));
+            }
+            None => {
+                self.current.remove(tenant);
+            }
+        }
+    }
+
+    fn refresh(&self, tenant: &str) -> Result<(), StoreError> {
+        let _guard = self.lock()?;
+        if let Some(entry) = self.store.history(tenant, 1)?.first() {
+            self.apply(tenant, entry);
+        }
+        Ok(())
+    }
+
+    fn reload(&self) -> Result<(), StoreError> {
+        let _guard = self.lock()?;
+        let loaded = self.store.load_current()?;
+        let present: std::collections::HashSet<&str> =
+            loaded.iter().map(|(t, _)| t.as_str()).collect();
+        let gone: Vec<String> = self
+            .current
+            .iter()
+            .map(|e| e.key().clone())
+            .filter(|t| !present.contains(t.as_str()))
+            .collect();
+        for (tenant, profile) in &loaded {
+            let entry = HistoryEntry {
+                version: profile.version,
+                updated_at: profile.updated_at,
+                profile: Some(profile.clone()),
+            };
+            self.apply(tenant, &entry);
+        }
+        // Deleted while the feed was away: the store's newest version says so.
+        for tenant in gone {
+            if let Some(entry) = self.store.history(&tenant, 1)?.first() {
+                self.apply(&tenant, entry);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ChangeSink for View {
+    fn changed(&self, tenant: &str) {
+        if let Err(e) = self.refresh(tenant) {
+            tracing::warn!(tenant, error = %e, "reloading a changed profile failed");
+        }
+    }
+
+    fn resync(&self) {
+        match self.reload() {
+            Ok(()) => tracing::info!(tenants = self.current.len(), "profiles reloaded"),
+            Err(e) => tracing::warn!(error = %e, "reloading every profile failed"),
+        }
+    }
+
+    fn connected(&self, up: bool) {
+        if self.feed_up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                tracing::info!("profile change feed connected");
+            } else {
+                tracing::warn!(
+                    "profile change feed disconnected; other replicas' changes arrive after it reconnects"
+                );
+            }
+        }
+    }
+}
+
+/// Whether another replica's change reaches this one now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedState {
+    /// The store has no change feed (SQLite).
+    None,
+    Connected,
+    Disconnected,
 }
 
 impl Profiles {
+    /// Load every current profile and start the store's change feed, if it has one. Blocking:
+    /// call it off the async runtime.
     pub fn open(store: Arc<dyn ProfileStore>) -> Result<Self, StoreError> {
-        let current = DashMap::new();
-        for (tenant, profile) in store.load_current()? {
-            current.insert(tenant, Arc::new(profile));
-        }
+        let view = Arc::new(View {
+            store: store.clone(),
+            current: DashMap::new(),
+            applied: DashMap::new(),
+            write: std::sync::Mutex::new(()),
+            feed_up: AtomicBool::new(false),
+            has_feed: AtomicBool::new(false),
+        });
+        view.reload()?;
+        let watch = store.watch(view.clone())?;
+        view.has_feed.store(watch.is_some(), Ordering::Relaxed);
         Ok(Self {
-            store,
-            current: Arc::new(current),
-            write: Arc::new(std::sync::Mutex::new(())),
+            view,
+            _watch: watch,
         })
     }
 
     /// The tenant's current profile, from memory.
     pub fn get(&self, tenant: &str) -> Option<Arc<Profile>> {
-        self.current.get(tenant).map(|p| p.clone())
+        self.view.current.get(tenant).map(|p| p.clone())
+    }
+
+    /// How many tenants have a profile now.
+    pub fn len(&self) -> usize {
+        self.view.current.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.view.current.is_empty()
+    }
+
+    pub fn feed(&self) -> FeedState {
+        match (
+            self.view.has_feed.load(Ordering::Relaxed),
+            self.view.feed_up.load(Ordering::Relaxed),
+        ) {
+            (false, _) => FeedState::None,
+            (true, true) => FeedState::Connected,
+            (true, false) => FeedState::Disconnected,
+        }
     }
 
     /// Commit a change (set or delete) and publish it to readers, as one unit off the async
@@ -73,29 +320,32 @@ impl Profiles {
         tenant: &str,
         spec: Option<ProfileSpec>,
     ) -> Result<HistoryEntry, StoreError> {
-        let (store, current, lock) = (self.store.clone(), self.current.clone(), self.write.clone());
+        let view = self.view.clone();
         let tenant = tenant.to_owned();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         tokio::task::spawn_blocking(move || {
-            let _guard = lock
-                .lock()
-                .map_err(|_| StoreError("a profile write failed earlier".into()))?;
-            let entry = store.append(&tenant, spec.as_ref(), now)?;
-            match &entry.profile {
-                Some(p) => {
-                    current.insert(tenant, Arc::new(p.clone()));
-                }
-                None => {
-                    current.remove(&tenant);
-                }
-            }
+            let _guard = view.lock()?;
+            let entry = view.store.append(&tenant, spec.as_ref(), now)?;
+            view.apply(&tenant, &entry);
             Ok(entry)
         })
         .await
         .map_err(|e| StoreError(format!("store task failed: {e}")))?
+    }
+
+    /// The store itself (the decision log writes through it).
+    pub fn store(&self) -> Arc<dyn ProfileStore> {
+        self.view.store.clone()
+    }
+
+    pub async fn decisions(&self, query: DecisionQuery) -> Result<Vec<DecisionRecord>, StoreError> {
+        let store = self.view.store.clone();
+        tokio::task::spawn_blocking(move || store.list_decisions(&query))
+            .await
+            .map_err(|e| StoreError(format!("store task failed: {e}")))?
     }
 
     pub async fn history(
@@ -103,7 +353,7 @@ impl Profiles {
         tenant: &str,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        let store = self.store.clone();
+        let store = self.view.store.clone();
         let tenant = tenant.to_owned();
         tokio::task::spawn_blocking(move || store.history(&tenant, limit))
             .await

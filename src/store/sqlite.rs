@@ -6,7 +6,8 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{HistoryEntry, ProfileStore, StoreError};
+use super::{DecisionArg, HistoryEntry, ProfileStore, StoreError};
+use crate::decisions::{DecisionQuery, DecisionRecord};
 use crate::values::Profile;
 use crate::values::profile::ProfileSpec;
 
@@ -51,7 +52,17 @@ impl SqliteStore {
                 body       TEXT,              -- the profile as JSON; NULL records a deletion
                 created_at INTEGER NOT NULL,
                 PRIMARY KEY (tenant_id, version)
-            ) WITHOUT ROWID;",
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS decisions (
+                id         INTEGER PRIMARY KEY AUTOINCREMENT,
+                tenant_id  TEXT    NOT NULL,
+                created_at INTEGER NOT NULL, -- Unix ms
+                action     TEXT    NOT NULL,
+                vals       TEXT    NOT NULL, -- ',power,benevolence,'
+                body       TEXT    NOT NULL  -- the record as JSON
+            );
+            CREATE INDEX IF NOT EXISTS decisions_by_tenant ON decisions (tenant_id, id);
+            CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (created_at);",
         )
         .map_err(db_err)?;
         Ok(Self {
@@ -82,7 +93,67 @@ fn decode(version: i64, created_at: i64, body: Option<String>) -> Result<History
     })
 }
 
+impl rusqlite::ToSql for DecisionArg {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Self::Text(t) => t.to_sql(),
+            Self::Int(i) => i.to_sql(),
+        }
+    }
+}
+
 impl ProfileStore for SqliteStore {
+    fn insert_decisions(&self, records: &[DecisionRecord]) -> Result<(), StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO decisions (tenant_id, created_at, action, vals, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db_err)?;
+            for r in records {
+                let (body, vals) = super::decision_row(r)?;
+                stmt.execute(params![r.tenant_id, r.created_at, r.action, vals, body])
+                    .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn list_decisions(&self, query: &DecisionQuery) -> Result<Vec<DecisionRecord>, StoreError> {
+        let (filter, args) = super::decision_filters(query, |n| format!("?{n}"));
+        let sql = format!(
+            "SELECT id, body FROM decisions {filter} ORDER BY id DESC LIMIT {}",
+            query.limit
+        );
+        let conn = self.lock()?;
+        let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, body) = row.map_err(db_err)?;
+            out.push(super::decision_from_row(id, &body)?);
+        }
+        Ok(out)
+    }
+
+    fn purge_decisions(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let conn = self.lock()?;
+        conn.execute(
+            "DELETE FROM decisions WHERE created_at < ?1",
+            params![before_ms],
+        )
+        .map_err(db_err)
+    }
+
     fn load_current(&self) -> Result<Vec<(String, Profile)>, StoreError> {
         let conn = self.lock()?;
         let mut stmt = conn

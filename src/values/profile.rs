@@ -58,6 +58,36 @@ pub enum StreamMode {
     Buffer,
 }
 
+/// Which decisions the decision log keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogDecisions {
+    /// Every decision other than `passed`.
+    #[default]
+    Changes,
+    /// Every decision, `passed` included.
+    All,
+}
+
+impl LogDecisions {
+    pub fn logs_passed(self) -> bool {
+        self == Self::All
+    }
+}
+
+/// What text the decision log keeps of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogText {
+    /// No text: scores, actions, edit kinds and positions only.
+    #[default]
+    None,
+    /// SHA-256 of each text (the upstream's, the client's, each edited sentence).
+    Hash,
+    /// The full texts.
+    Full,
+}
+
 /// A profile as stored and returned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Profile {
@@ -81,6 +111,12 @@ pub struct Profile {
     /// pass as bytes without any model work; the figures appear in `/v1/stats` and `/metrics`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_sample: Option<f64>,
+    /// Which decisions `GET /v1/decisions` keeps: `changes` (all but `passed`) or `all`.
+    #[serde(default)]
+    pub log_decisions: LogDecisions,
+    /// What text of an answer the decision log keeps: `none`, `hash` or `full`.
+    #[serde(default)]
+    pub log_text: LogText,
     /// Increases by one on every change, deletions included.
     pub version: u64,
     /// Unix seconds of the change that made this version.
@@ -111,6 +147,8 @@ pub struct ProfileSpec {
     pub steer: bool,
     pub max_added_ms: Option<u64>,
     pub audit_sample: Option<f64>,
+    pub log_decisions: LogDecisions,
+    pub log_text: LogText,
 }
 
 /// Largest `max_added_ms` a profile may set (10 minutes).
@@ -129,6 +167,8 @@ pub struct ProfilePatch {
     pub max_added_ms: Option<Option<u64>>,
     /// `Some(None)` clears it (every answer is audited).
     pub audit_sample: Option<Option<f64>>,
+    pub log_decisions: Option<LogDecisions>,
+    pub log_text: Option<LogText>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -199,6 +239,8 @@ fn object<'a>(v: &'a Value, param: &str) -> Result<&'a Map<String, Value>, Field
 const ACTIONS: &str = "audit, rewrite, block";
 const FALLBACKS: &str = "original, block";
 const STREAM_MODES: &str = "window, buffer";
+const LOG_DECISIONS: &str = "changes, all";
+const LOG_TEXTS: &str = "none, hash, full";
 
 impl ProfileSpec {
     /// Parse a full profile (PUT): the same fields as a patch, applied to an empty profile
@@ -221,6 +263,8 @@ impl ProfileSpec {
             steer: p.steer,
             max_added_ms: p.max_added_ms,
             audit_sample: p.audit_sample,
+            log_decisions: p.log_decisions,
+            log_text: p.log_text,
         }
     }
 
@@ -276,6 +320,12 @@ impl ProfileSpec {
         }
         if let Some(a) = patch.audit_sample {
             out.audit_sample = a;
+        }
+        if let Some(l) = patch.log_decisions {
+            out.log_decisions = l;
+        }
+        if let Some(l) = patch.log_text {
+            out.log_text = l;
         }
         Ok(out)
     }
@@ -339,11 +389,15 @@ impl ProfilePatch {
                         )?),
                     })
                 }
+                "log_decisions" => {
+                    patch.log_decisions = Some(enum_field(v, "log_decisions", LOG_DECISIONS)?)
+                }
+                "log_text" => patch.log_text = Some(enum_field(v, "log_text", LOG_TEXTS)?),
                 _ => {
                     return Err(err(
                         k.as_str(),
                         format!(
-                            "unknown field '{k}'; a profile has values, action, fallback, stream_mode, steer, max_added_ms, audit_sample"
+                            "unknown field '{k}'; a profile has values, action, fallback, stream_mode, steer, max_added_ms, audit_sample, log_decisions, log_text"
                         ),
                     ));
                 }
@@ -360,6 +414,8 @@ impl ProfilePatch {
             && self.steer.is_none()
             && self.max_added_ms.is_none()
             && self.audit_sample.is_none()
+            && self.log_decisions.is_none()
+            && self.log_text.is_none()
     }
 }
 
@@ -373,6 +429,8 @@ impl Profile {
             steer: spec.steer,
             max_added_ms: spec.max_added_ms,
             audit_sample: spec.audit_sample,
+            log_decisions: spec.log_decisions,
+            log_text: spec.log_text,
             version,
             updated_at,
         }

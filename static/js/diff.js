@@ -1,6 +1,23 @@
 // A word-level diff (longest common subsequence) for showing a rewrite beside its original:
 // words only in the original are marked removed, words only in the rewrite added.
 
+import { h } from "./dom.js";
+
+/** The original and the rewrite as two text blocks, removed words struck, added words marked. */
+export function diffView(original, rewrite, ids = {}) {
+  const ops = wordDiff(original, rewrite);
+  const left = h("div", { class: "text", id: ids.left || null });
+  const right = h("div", { class: "text", id: ids.right || null });
+  for (const op of ops) {
+    if (op.op === "same") {
+      left.append(op.text);
+      right.append(op.text);
+    } else if (op.op === "del") left.append(h("del", {}, op.text));
+    else right.append(h("ins", {}, op.text));
+  }
+  return [left, right];
+}
+
 export function wordDiff(a, b) {
   const x = a.split(/(\s+)/).filter((t) => t.length);
   const y = b.split(/(\s+)/).filter((t) => t.length);

@@ -1,5 +1,5 @@
 // The console's shell: sign-in, navigation and a hash router (#/tenants, #/tenants/ID,
-// #/playground, #/overview). Each view renders into <main> and may return a cleanup function.
+// #/playground, #/overview, #/decisions). Each view renders into <main> and may return a cleanup function.
 
 import { session, whoami } from "./api.js";
 import { clear, errorBox, h } from "./dom.js";
@@ -7,6 +7,7 @@ import { renderTenants } from "./tenants.js";
 import { renderProfile } from "./profile.js";
 import { renderPlayground } from "./playground.js";
 import { renderOverview } from "./overview.js";
+import { renderDecisions } from "./decisions.js";
 
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
@@ -71,6 +72,7 @@ function drawNav(caller) {
     caller.kind === "admin" ? link("#/tenants", "Tenants") : link(own, "Profile"),
     link("#/playground", "Playground"),
     link("#/overview", "Overview"),
+    link("#/decisions", "Decisions"),
   );
   clear(
     who,
@@ -119,6 +121,9 @@ export async function route() {
         break;
       case "overview":
         done = await renderOverview(host);
+        break;
+      case "decisions":
+        done = await renderDecisions(host);
         break;
       default:
         go(own ? `#/tenants/${encodeURIComponent(own)}` : "#/tenants");

@@ -5,22 +5,10 @@
 
 import { api, session, streamChat, valueList as allValues } from "./api.js";
 import { ValueChart } from "./chart.js";
-import { wordDiff } from "./diff.js";
+import { diffView } from "./diff.js";
 import { clear, errorBox, fmt, h, ms, pct } from "./dom.js";
 
-function diffView(original, rewrite) {
-  const ops = wordDiff(original, rewrite);
-  const left = h("div", { class: "text", id: "original-text" });
-  const right = h("div", { class: "text", id: "rewrite-text" });
-  for (const op of ops) {
-    if (op.op === "same") {
-      left.append(op.text);
-      right.append(op.text);
-    } else if (op.op === "del") left.append(h("del", {}, op.text));
-    else right.append(h("ins", {}, op.text));
-  }
-  return [left, right];
-}
+const IDS = { left: "original-text", right: "rewrite-text" };
 
 function fitRows(before, after) {
   const row = (label, f) => h("tr", {}, h("th", { scope: "row" }, label), h("td", { class: "num" }, f(before)), h("td", { class: "num" }, after ? f(after) : "–"));
@@ -99,7 +87,7 @@ export async function renderPlayground(main) {
     const shown = r.decision === "rewritten" ? r.text : r.assembled;
     const after = r.after?.fit;
     chart.setAfter(after ? after.values : null);
-    const [left, right] = shown ? diffView(original, shown) : [h("div", { class: "text" }, original), h("div", { class: "text muted" }, r.refusal || (r.decision === "passed" ? "Nothing to edit." : "No edit passed its checks."))];
+    const [left, right] = shown ? diffView(original, shown, IDS) : [h("div", { class: "text" }, original), h("div", { class: "text muted" }, r.refusal || (r.decision === "passed" ? "Nothing to edit." : "No edit passed its checks."))];
     const label = {
       rewritten: "Edited (returned)",
       fallback: "Edits (refused by the shield; the original is returned)",
@@ -184,7 +172,7 @@ export async function renderPlayground(main) {
       const shown = r.decision === "rewritten" ? r.text : best?.text;
       const after = best?.score?.fit;
       chart.setAfter(after ? after.values : null);
-      const [left, right] = shown ? diffView(original, shown) : [h("div", { class: "text" }, original), h("div", { class: "text muted" }, r.refusal || "No candidate could be scored.")];
+      const [left, right] = shown ? diffView(original, shown, IDS) : [h("div", { class: "text" }, original), h("div", { class: "text muted" }, r.refusal || "No candidate could be scored.")];
       const label = {
         rewritten: "Rewrite (returned)",
         fallback: "Best candidate (refused by the shield; the original is returned)",

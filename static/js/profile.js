@@ -24,6 +24,8 @@ function specOf(profile) {
     steer: Boolean(p.steer),
     max_added_ms: p.max_added_ms ?? null,
     audit_sample: p.audit_sample ?? null,
+    log_decisions: p.log_decisions || "changes",
+    log_text: p.log_text || "none",
   };
 }
 
@@ -32,7 +34,7 @@ export function changes(older, newer, names) {
   if (!newer) return ["profile deleted"];
   if (!older) return ["profile created"];
   const out = [];
-  for (const k of ["action", "fallback", "stream_mode", "steer", "max_added_ms", "audit_sample"]) {
+  for (const k of ["action", "fallback", "stream_mode", "steer", "max_added_ms", "audit_sample", "log_decisions", "log_text"]) {
     const a = older[k] ?? "default";
     const b = newer[k] ?? "default";
     if (a !== b) out.push(`${k}: ${a} → ${b}`);

@@ -216,6 +216,20 @@ test("a tenant key sees its own profile only, and streams a prompt window by win
   assert.ok(rewritten >= 1, `rewritten windows counted: ${rewritten}`);
   await page.locator("#ov-stages").waitFor();
   await shot("overview");
+
+  // The decision log: the stream with its rewritten window is there, and only this tenant's.
+  await page.goto(`${BASE}/#/decisions`);
+  const cards = page.locator("#decisions article.decision");
+  await cards.first().waitFor();
+  const actions = await cards.evaluateAll((a) => a.map((x) => x.dataset.action));
+  assert.ok(actions.every((a) => ["rewritten", "fallback", "blocked"].includes(a)), `decisions: ${actions}`);
+  // The stream's action is its most severe window's; the rewritten window is listed in it.
+  await page.locator("#decisions article.decision .scores").filter({ hasText: ": rewritten" }).first().waitFor();
+  const heads = await page.locator("#decisions article.decision .decision-head strong").allInnerTexts();
+  assert.ok(heads.every((t) => t.trim() === TENANT), `tenants: ${heads}`);
+  await shot("decisions");
+  await page.locator("#d-action").selectOption("blocked");
+  await page.locator("#decisions").filter({ hasText: "No decisions match these filters." }).waitFor();
 });
 
 test("no script errors on any page", () => {

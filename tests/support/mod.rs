@@ -3,7 +3,9 @@
 #![allow(dead_code)] // Each test crate uses a different part of it.
 
 pub mod mock_upstream;
+pub mod postgres;
 pub mod proxy;
+pub mod redis;
 
 /// The hex SHA-256 of a key, as `api_key_sha256` in a config holds it.
 pub fn key_hash(key: &str) -> String {
