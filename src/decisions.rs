@@ -319,8 +319,9 @@ mod tests {
             tenant: &str,
             spec: Option<&ProfileSpec>,
             now: i64,
+            expected: Option<u64>,
         ) -> Result<crate::store::HistoryEntry, StoreError> {
-            self.inner.append(tenant, spec, now)
+            self.inner.append(tenant, spec, now, expected)
         }
         fn history(
             &self,

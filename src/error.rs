@@ -28,6 +28,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// 413: body over `server.max_body_bytes`.
     PayloadTooLarge,
+    /// 412: an `If-Match` precondition that the current version does not meet.
+    PreconditionFailed,
     /// 429: a tenant's requests-per-minute limit.
     RateLimited { retry_after: Duration },
     /// 429: a tenant's concurrency limit.
@@ -109,6 +111,7 @@ impl ApiError {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ErrorKind::RateLimited { .. } | ErrorKind::TenantBusy | ErrorKind::Overloaded => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -127,7 +130,8 @@ impl ApiError {
             | ErrorKind::Unprocessable
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
-            | ErrorKind::PayloadTooLarge => "invalid_request_error",
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::PreconditionFailed => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::RateLimited { .. } | ErrorKind::TenantBusy => "rate_limit_error",
@@ -151,6 +155,7 @@ impl ApiError {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::PreconditionFailed => "precondition_failed",
             ErrorKind::RateLimited { .. } => "rate_limit_exceeded",
             ErrorKind::TenantBusy => "concurrency_limit_exceeded",
             ErrorKind::Overloaded => "overloaded",

@@ -1254,3 +1254,80 @@ async fn official_openai_python_sdk_works_against_the_proxy() {
     );
     assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
 }
+
+/// Profile writes can name the version they replace (`If-Match`, the `ETag` a read gave):
+/// a stale one writes nothing and answers 412; a malformed one is a 400 naming the header.
+#[tokio::test]
+async fn if_match_guards_profile_writes_with_the_version_etag() {
+    let (_mock, proxy) = setup().await;
+    let url = proxy.url("/v1/tenants/acme/profile");
+    let body = json!({"values": {"power": {"target": 0.2}}, "action": "audit"});
+    let write = |method: reqwest::Method, if_match: Option<&str>, body: Value| {
+        let mut r = client()
+            .request(method, &url)
+            .bearer_auth(ADMIN_KEY)
+            .json(&body);
+        if let Some(v) = if_match {
+            r = r.header("if-match", v);
+        }
+        async move { r.send().await.unwrap() }
+    };
+    // "0": only when there is no profile yet.
+    let r = write(reqwest::Method::PUT, Some("\"0\""), body.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"], "\"1\"");
+    assert_eq!(
+        write(reqwest::Method::PUT, Some("\"0\""), body.clone())
+            .await
+            .status(),
+        412
+    );
+    let r = client()
+        .get(&url)
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["etag"], "\"1\"");
+    let patch = json!({"values": {"benevolence": {"target": 0.8}}});
+    let r = write(reqwest::Method::PATCH, Some("\"1\""), patch.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"], "\"2\"");
+    // The same version again is stale now: nothing is written.
+    let err = assert_error(
+        write(reqwest::Method::PATCH, Some("\"1\""), patch).await,
+        412,
+        "precondition_failed",
+    )
+    .await;
+    assert_eq!(err["param"], "If-Match");
+    assert!(
+        err["message"].as_str().unwrap().contains("version 2"),
+        "{err}"
+    );
+    let err = assert_error(
+        write(reqwest::Method::PUT, Some("W/abc"), body.clone()).await,
+        400,
+        "invalid_if_match",
+    )
+    .await;
+    assert_eq!(err["param"], "If-Match");
+    let r = write(reqwest::Method::DELETE, Some("1"), Value::Null).await;
+    assert_eq!(r.status(), 412);
+    let history: Value = client()
+        .get(proxy.url("/v1/tenants/acme/profile/history"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["data"].as_array().unwrap().len(), 2, "{history}");
+    assert_eq!(
+        write(reqwest::Method::DELETE, Some("2"), Value::Null)
+            .await
+            .status(),
+        200
+    );
+}

@@ -104,6 +104,18 @@ async fn seen_version(proxy: &Proxy) -> Option<u64> {
     r.json::<Value>().await.unwrap()["version"].as_u64()
 }
 
+async fn get_json(proxy: &Proxy, path: &str, key: &str) -> Value {
+    reqwest::Client::new()
+        .get(proxy.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn until(limit: Duration, what: &str, mut ok: impl AsyncFnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !ok().await {
@@ -119,13 +131,36 @@ async fn a_profile_saved_on_one_replica_is_enforced_by_the_other_within_a_second
         return;
     };
     assert_eq!(seen_version(&b).await, None);
-    let r = put(&a, 0.9).await;
+    // Without a profile, b passes answers through.
+    assert_eq!(chat(&b, "sk-acme", json!({})).await.status(), 200);
+    let r = reqwest::Client::new()
+        .put(a.url("/v1/tenants/acme/profile"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"values": {"power": {"target": 0.1}}, "action": "block"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["version"], 1);
-    until(Duration::from_secs(1), "b sees version 1", async || {
+    let took = until(Duration::from_secs(1), "b enforces version 1", async || {
         seen_version(&b).await == Some(1)
     })
     .await;
+    // b enforces it: a blocking profile on a proxy without the value models fails closed
+    // rather than passing unchecked text.
+    let (status, body) = {
+        let r = chat(&b, "sk-acme", json!({})).await;
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("value profile"),
+        "{body}"
+    );
+    eprintln!("replica b enforced the profile saved on a after {took:?}");
     // And back the other way, a deletion included.
     let r = reqwest::Client::new()
         .delete(b.url("/v1/tenants/acme/profile"))
@@ -138,18 +173,11 @@ async fn a_profile_saved_on_one_replica_is_enforced_by_the_other_within_a_second
         seen_version(&a).await.is_none()
     })
     .await;
+    assert_eq!(chat(&a, "sk-acme", json!({})).await.status(), 200);
     // Each replica says its change feed is connected.
     for p in [&a, &b] {
-        let ready: Value = reqwest::Client::new()
-            .get(p.url("/readyz"))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(ready["profile_feed"], "connected", "{ready}");
+        let state = ready(p).await;
+        assert_eq!(state["profile_feed"], "connected", "{state}");
     }
 }
 
@@ -175,15 +203,7 @@ async fn concurrent_saves_on_both_replicas_keep_every_version() {
     versions.sort_unstable();
     let total = 2 * per_replica as u64;
     assert_eq!(versions, (1..=total).collect::<Vec<_>>());
-    let history: Value = reqwest::Client::new()
-        .get(b.url("/v1/tenants/acme/profile/history"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history: Value = get_json(&b, "/v1/tenants/acme/profile/history", ADMIN_KEY).await;
     let stored: Vec<u64> = history["data"]
         .as_array()
         .unwrap_or_else(|| panic!("{history}"))
@@ -264,15 +284,7 @@ async fn chat(proxy: &Proxy, key: &str, mock: Value) -> reqwest::Response {
 }
 
 async fn ready(proxy: &Proxy) -> Value {
-    reqwest::Client::new()
-        .get(proxy.url("/readyz"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(proxy, "/readyz", ADMIN_KEY).await
 }
 
 async fn error_code(r: reqwest::Response) -> (u16, Value) {
@@ -518,4 +530,53 @@ async fn restarting_postgresql_under_load_loses_no_acknowledged_write() {
         );
     }
     drop(pg);
+}
+
+/// PATCHes of different fields on both replicas at once: each is computed on the version it
+/// replaces and written only on top of it (computed again when another got there first), so
+/// neither replica's change is lost, however stale its view was.
+#[tokio::test]
+async fn concurrent_patches_on_both_replicas_lose_no_change() {
+    let Some((_mock, a, b, _url)) = replicas().await else {
+        return;
+    };
+    assert_eq!(put(&a, 0.5).await.status(), 200);
+    until(Duration::from_secs(1), "b sees version 1", async || {
+        seen_version(&b).await == Some(1)
+    })
+    .await;
+    let patch = |p: &Proxy, value: &str, target: f64| {
+        let r = reqwest::Client::new()
+            .patch(p.url("/v1/tenants/acme/profile"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"values": {value: {"target": target}}}));
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    let rounds: u32 = 10;
+    let on_a = async {
+        for i in 0..rounds {
+            assert_eq!(patch(&a, "power", 0.01 * f64::from(i + 1)).await, 200);
+        }
+    };
+    let on_b = async {
+        for i in 0..rounds {
+            assert_eq!(
+                patch(&b, "universalism", 0.5 + 0.01 * f64::from(i + 1)).await,
+                200
+            );
+        }
+    };
+    tokio::join!(on_a, on_b);
+    let total = 1 + 2 * u64::from(rounds);
+    for p in [&a, &b] {
+        until(Duration::from_secs(1), "the newest version", async || {
+            seen_version(p).await == Some(total)
+        })
+        .await;
+    }
+    let profile: Value = get_json(&b, "/v1/profile", "sk-acme").await;
+    let target = |v: &str| profile["values"][v]["target"].as_f64().unwrap();
+    assert!((target("power") - 0.1).abs() < 1e-4, "{profile}");
+    assert!((target("universalism") - 0.6).abs() < 1e-4, "{profile}");
+    assert!((target("benevolence") - 0.5).abs() < 1e-4, "{profile}");
 }

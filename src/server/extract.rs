@@ -116,3 +116,39 @@ where
             })
     }
 }
+
+/// The `If-Match` precondition of a profile write: the version (`"3"`, as `ETag` gives it, or
+/// `3`) the client read and means to replace; `"0"` for "no profile yet". Absent: no
+/// precondition. Anything else is a 400 naming the header.
+pub struct IfMatch(pub Option<u64>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(axum::http::header::IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        value
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .map(|v| {
+                v.strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v)
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|v| IfMatch(Some(v)))
+            .ok_or_else(|| {
+                ApiError::invalid_request(
+                    "If-Match must name one profile version, as the ETag header gives it: \"3\"",
+                )
+                .with_param("If-Match")
+                .with_code("invalid_if_match")
+            })
+    }
+}

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{IfMatch, JsonBody, QueryParams};
 use crate::error::{ApiError, ErrorKind};
 use crate::store::HistoryEntry;
 use crate::tenants::Tenant;
@@ -25,10 +25,34 @@ impl From<FieldError> for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
+        if let Some(current) = e.conflict {
+            return ApiError::new(
+                ErrorKind::PreconditionFailed,
+                format!(
+                    "the profile is at version {current}, not the one If-Match names; read it again (its ETag) and retry"
+                ),
+            )
+            .with_param("If-Match");
+        }
         tracing::error!(error = %e, "profile store failed");
         ApiError::internal("the profile store failed; nothing was changed")
     }
 }
+
+/// A profile as a response: the JSON, and its version as the `ETag` (what `If-Match` names).
+pub struct Versioned(pub Profile);
+
+impl axum::response::IntoResponse for Versioned {
+    fn into_response(self) -> axum::response::Response {
+        let etag = axum::http::HeaderValue::from_str(&format!("\"{}\"", self.0.version))
+            .unwrap_or_else(|_| axum::http::HeaderValue::from_static("\"0\""));
+        ([(axum::http::header::ETAG, etag)], Json(self.0)).into_response()
+    }
+}
+
+/// How many times a PATCH is computed again on the newest version after another writer got
+/// there first (only without If-Match; with it, the client decides).
+const PATCH_ATTEMPTS: usize = 4;
 
 fn tenant_exists(state: &AppState, tenant_id: &str) -> Result<(), ApiError> {
     state.tenants.get(tenant_id).map(|_| ()).ok_or_else(|| {
@@ -48,13 +72,65 @@ fn current(state: &AppState, tenant_id: &str) -> Result<Arc<Profile>, ApiError> 
     })
 }
 
-async fn put(state: &AppState, tenant_id: &str, body: &Value) -> Result<Json<Profile>, ApiError> {
+async fn put(
+    state: &AppState,
+    tenant_id: &str,
+    body: &Value,
+    if_match: Option<u64>,
+) -> Result<Versioned, ApiError> {
     let spec = ProfileSpec::from_json(body)?;
-    let entry = state.profiles.write(tenant_id, Some(spec)).await?;
+    let entry = state
+        .profiles
+        .write(tenant_id, Some(spec), if_match)
+        .await?;
+    saved(entry)
+}
+
+fn saved(entry: HistoryEntry) -> Result<Versioned, ApiError> {
     entry
         .profile
-        .map(Json)
+        .map(Versioned)
         .ok_or_else(|| ApiError::internal("the store returned no profile"))
+}
+
+/// A PATCH as one read-modify-write: computed on the version the view holds and written only
+/// on top of that version. Without If-Match, a write that lost the race (another request here,
+/// or another replica) is computed again on the newest version; with it, the client's version
+/// must be the current one.
+async fn patch(
+    state: &AppState,
+    tenant_id: &str,
+    body: &Value,
+    if_match: Option<u64>,
+) -> Result<Versioned, ApiError> {
+    if let Some(v) = if_match
+        && state.profiles.version(tenant_id) != v
+    {
+        // The view may lag another replica's commit: ask the store before refusing.
+        state.profiles.refresh(tenant_id).await?;
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let base = state.profiles.version(tenant_id);
+        if let Some(v) = if_match
+            && v != base
+        {
+            return Err(crate::store::StoreError::conflict(v, base).into());
+        }
+        let spec = patch_spec(state, tenant_id, body).await?;
+        match state
+            .profiles
+            .write(tenant_id, Some(spec), Some(base))
+            .await
+        {
+            Ok(entry) => return saved(entry),
+            Err(e) if e.conflict.is_some() && if_match.is_none() && attempt < PATCH_ATTEMPTS => {
+                tracing::debug!(tenant = tenant_id, error = %e, "a PATCH lost a race; computing it again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// A PATCH body: field changes, or `{"instruction": "..."}` translated into target changes.
@@ -101,7 +177,7 @@ pub struct HistoryQuery {
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
     params(("tenant_id" = String, Path, description = "Tenant id from the config")),
     responses(
-        (status = 200, description = "The tenant's current profile", body = Profile, example = json!({"values":{"benevolence":{"target":0.8,"weight":1.0,"tolerance":0.15},"power":{"target":0.1,"weight":2.0,"tolerance":0.1}},"action":"rewrite","fallback":"original","stream_mode":"window","version":3,"updated_at":1764320000})),
+        (status = 200, description = "The tenant's current profile", body = Profile, headers(("ETag" = String, description = "The version, quoted: what If-Match names")), example = json!({"values":{"benevolence":{"target":0.8,"weight":1.0,"tolerance":0.15},"power":{"target":0.1,"weight":2.0,"tolerance":0.1}},"action":"rewrite","fallback":"original","stream_mode":"window","version":3,"updated_at":1764320000})),
         (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
         (status = 403, description = "A tenant key on a route that needs the admin key", body = crate::server::openapi::ErrorResponse),
         (status = 404, description = "Unknown tenant (`tenant_not_found`) or no profile yet (`profile_not_found`)", body = crate::server::openapi::ErrorResponse,
@@ -111,18 +187,19 @@ pub struct HistoryQuery {
 pub async fn admin_get(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
-) -> Result<Json<Profile>, ApiError> {
+) -> Result<Versioned, ApiError> {
     tenant_exists(&state, &tenant_id)?;
-    Ok(Json((*current(&state, &tenant_id)?).clone()))
+    Ok(Versioned((*current(&state, &tenant_id)?).clone()))
 }
 
 #[utoipa::path(put, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
-    params(("tenant_id" = String, Path, description = "Tenant id from the config")),
+    params(("tenant_id" = String, Path, description = "Tenant id from the config"), ("If-Match" = Option<String>, Header, description = "The version this write replaces, as the ETag header gave it (`\"3\"`; `\"0\"`: no profile yet). When the profile is at another version nothing is written and the answer is 412.")),
     request_body(content = Object, description = "A whole profile: `values` (value id -> {target, weight?, tolerance?}), `action`, `fallback`, `stream_mode`, `steer`, `max_added_ms`, `audit_sample` (with `action: audit`, the share of answers measured after they were sent), `log_decisions` (`changes` or `all`: which decisions `GET /v1/decisions` keeps) and `log_text` (`none`, `hash` or `full`: what text of an answer it keeps). Omitted fields take their defaults; `version` and `updated_at` are ignored.",
         example = json!({"values":{"benevolence":{"target":0.8},"power":{"target":0.1,"weight":2}},"action":"rewrite"})),
     responses(
-        (status = 200, description = "Saved; the new version", body = Profile),
-        (status = 400, description = "Body is not JSON", body = crate::server::openapi::ErrorResponse),
+        (status = 200, description = "Saved; the new version", body = Profile, headers(("ETag" = String, description = "The version, quoted: what If-Match names"))),
+        (status = 412, description = "If-Match names a version the profile is no longer (or not yet) at; nothing was written", body = crate::server::openapi::ErrorResponse),
+        (status = 400, description = "Body is not JSON, or If-Match is not a version", body = crate::server::openapi::ErrorResponse),
         (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
         (status = 403, description = "A tenant key on a route that needs the admin key", body = crate::server::openapi::ErrorResponse),
         (status = 404, description = "Unknown tenant", body = crate::server::openapi::ErrorResponse),
@@ -133,19 +210,21 @@ pub async fn admin_get(
 pub async fn admin_put(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
+    IfMatch(if_match): IfMatch,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Json<Profile>, ApiError> {
+) -> Result<Versioned, ApiError> {
     tenant_exists(&state, &tenant_id)?;
-    put(&state, &tenant_id, &body).await
+    put(&state, &tenant_id, &body, if_match).await
 }
 
 #[utoipa::path(patch, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
-    params(("tenant_id" = String, Path, description = "Tenant id from the config")),
+    params(("tenant_id" = String, Path, description = "Tenant id from the config"), ("If-Match" = Option<String>, Header, description = "The version this write replaces, as the ETag header gave it (`\"3\"`; `\"0\"`: no profile yet). When the profile is at another version nothing is written and the answer is 412.")),
     request_body(content = Object, description = "Either field changes (`values.<id>` merged, `null` removes a constraint; `action`, `fallback`, `stream_mode`, `steer`; `max_added_ms` and `audit_sample`, where `null` clears them; `log_decisions`, `log_text`), or `{\"instruction\": \"...\"}`, which is translated into target changes and applied.",
         example = json!({"instruction": "more caring, less about status"})),
     responses(
-        (status = 200, description = "Saved; the new version", body = Profile),
-        (status = 400, description = "Not JSON, an empty patch, or both an instruction and field changes", body = crate::server::openapi::ErrorResponse),
+        (status = 200, description = "Saved; the new version", body = Profile, headers(("ETag" = String, description = "The version, quoted: what If-Match names"))),
+        (status = 412, description = "If-Match names a version the profile is no longer (or not yet) at; nothing was written", body = crate::server::openapi::ErrorResponse),
+        (status = 400, description = "Not JSON, an empty patch, both an instruction and field changes, or If-Match is not a version", body = crate::server::openapi::ErrorResponse),
         (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
         (status = 403, description = "A tenant key on a route that needs the admin key", body = crate::server::openapi::ErrorResponse),
         (status = 404, description = "Unknown tenant", body = crate::server::openapi::ErrorResponse),
@@ -156,21 +235,19 @@ pub async fn admin_put(
 pub async fn admin_patch(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
+    IfMatch(if_match): IfMatch,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Json<Profile>, ApiError> {
+) -> Result<Versioned, ApiError> {
     tenant_exists(&state, &tenant_id)?;
-    let spec = patch_spec(&state, &tenant_id, &body).await?;
-    let entry = state.profiles.write(&tenant_id, Some(spec)).await?;
-    entry
-        .profile
-        .map(Json)
-        .ok_or_else(|| ApiError::internal("the store returned no profile"))
+    patch(&state, &tenant_id, &body, if_match).await
 }
 
 #[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
-    params(("tenant_id" = String, Path, description = "Tenant id from the config")),
+    params(("tenant_id" = String, Path, description = "Tenant id from the config"), ("If-Match" = Option<String>, Header, description = "The version this write replaces, as the ETag header gave it (`\"3\"`; `\"0\"`: no profile yet). When the profile is at another version nothing is written and the answer is 412.")),
     responses(
         (status = 200, description = "Deleted; the deletion is a version in the history", body = Object, example = json!({"tenant_id":"acme","deleted":true,"version":4})),
+        (status = 412, description = "If-Match names a version the profile is no longer (or not yet) at; nothing was written", body = crate::server::openapi::ErrorResponse),
+        (status = 400, description = "If-Match is not a version", body = crate::server::openapi::ErrorResponse),
         (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
         (status = 403, description = "A tenant key on a route that needs the admin key", body = crate::server::openapi::ErrorResponse),
         (status = 404, description = "Unknown tenant, or no profile to delete", body = crate::server::openapi::ErrorResponse),
@@ -179,10 +256,11 @@ pub async fn admin_patch(
 pub async fn admin_delete(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
+    IfMatch(if_match): IfMatch,
 ) -> Result<Json<Value>, ApiError> {
     tenant_exists(&state, &tenant_id)?;
     current(&state, &tenant_id)?;
-    let entry = state.profiles.write(&tenant_id, None).await?;
+    let entry = state.profiles.write(&tenant_id, None, if_match).await?;
     Ok(Json(
         json!({"tenant_id": tenant_id, "deleted": true, "version": entry.version}),
     ))
@@ -237,7 +315,7 @@ async fn history(
 
 #[utoipa::path(get, path = "/v1/profile", tag = "profiles",
     responses(
-        (status = 200, description = "The calling tenant's own profile", body = Profile),
+        (status = 200, description = "The calling tenant's own profile", body = Profile, headers(("ETag" = String, description = "The version, quoted: what If-Match names"))),
         (status = 401, description = "No or unknown tenant key", body = crate::server::openapi::ErrorResponse),
         (status = 404, description = "No profile yet", body = crate::server::openapi::ErrorResponse),
     ),
@@ -245,16 +323,18 @@ async fn history(
 pub async fn tenant_get(
     State(state): State<AppState>,
     Extension(tenant): Extension<Arc<Tenant>>,
-) -> Result<Json<Profile>, ApiError> {
-    Ok(Json((*current(&state, &tenant.id)?).clone()))
+) -> Result<Versioned, ApiError> {
+    Ok(Versioned((*current(&state, &tenant.id)?).clone()))
 }
 
 #[utoipa::path(put, path = "/v1/profile", tag = "profiles",
+    params(("If-Match" = Option<String>, Header, description = "The version this write replaces, as the ETag header gave it (`\"3\"`; `\"0\"`: no profile yet). When the profile is at another version nothing is written and the answer is 412.")),
     request_body(content = Object, description = "A whole profile, as for the admin route"),
     responses(
-        (status = 200, description = "Saved; the new version", body = Profile),
+        (status = 200, description = "Saved; the new version", body = Profile, headers(("ETag" = String, description = "The version, quoted: what If-Match names"))),
+        (status = 412, description = "If-Match names a version the profile is no longer (or not yet) at; nothing was written", body = crate::server::openapi::ErrorResponse),
         (status = 401, description = "No or unknown tenant key", body = crate::server::openapi::ErrorResponse),
-        (status = 400, description = "The body is empty or not JSON", body = crate::server::openapi::ErrorResponse),
+        (status = 400, description = "The body is empty or not JSON, or If-Match is not a version", body = crate::server::openapi::ErrorResponse),
         (status = 403, description = "This tenant may not manage its own profile (`self_manage_profile = false`)", body = crate::server::openapi::ErrorResponse),
         (status = 422, description = "A field is invalid; nothing was written", body = crate::server::openapi::ErrorResponse),
     ),
@@ -262,10 +342,11 @@ pub async fn tenant_get(
 pub async fn tenant_put(
     State(state): State<AppState>,
     Extension(tenant): Extension<Arc<Tenant>>,
+    IfMatch(if_match): IfMatch,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Json<Profile>, ApiError> {
+) -> Result<Versioned, ApiError> {
     may_self_manage(&tenant)?;
-    put(&state, &tenant.id, &body).await
+    put(&state, &tenant.id, &body, if_match).await
 }
 
 fn may_self_manage(tenant: &Tenant) -> Result<(), ApiError> {
@@ -282,11 +363,13 @@ fn may_self_manage(tenant: &Tenant) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(patch, path = "/v1/profile", tag = "profiles",
+    params(("If-Match" = Option<String>, Header, description = "The version this write replaces, as the ETag header gave it (`\"3\"`; `\"0\"`: no profile yet). When the profile is at another version nothing is written and the answer is 412.")),
     request_body(content = Object, description = "Field changes or `{\"instruction\": \"...\"}`, as for the admin route's PATCH",
         example = json!({"values": {"power": {"target": 0.1}}})),
     responses(
-        (status = 200, description = "Saved; the new version", body = Profile),
-        (status = 400, description = "Not JSON, an empty patch, or both an instruction and field changes", body = crate::server::openapi::ErrorResponse),
+        (status = 200, description = "Saved; the new version", body = Profile, headers(("ETag" = String, description = "The version, quoted: what If-Match names"))),
+        (status = 412, description = "If-Match names a version the profile is no longer (or not yet) at; nothing was written", body = crate::server::openapi::ErrorResponse),
+        (status = 400, description = "Not JSON, an empty patch, both an instruction and field changes, or If-Match is not a version", body = crate::server::openapi::ErrorResponse),
         (status = 401, description = "No or unknown tenant key", body = crate::server::openapi::ErrorResponse),
         (status = 403, description = "This tenant may not manage its own profile (`self_manage_profile = false`)", body = crate::server::openapi::ErrorResponse),
         (status = 422, description = "A field is invalid, or the instruction is empty or names no value; nothing was written", body = crate::server::openapi::ErrorResponse),
@@ -296,15 +379,11 @@ fn may_self_manage(tenant: &Tenant) -> Result<(), ApiError> {
 pub async fn tenant_patch(
     State(state): State<AppState>,
     Extension(tenant): Extension<Arc<Tenant>>,
+    IfMatch(if_match): IfMatch,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Json<Profile>, ApiError> {
+) -> Result<Versioned, ApiError> {
     may_self_manage(&tenant)?;
-    let spec = patch_spec(&state, &tenant.id, &body).await?;
-    let entry = state.profiles.write(&tenant.id, Some(spec)).await?;
-    entry
-        .profile
-        .map(Json)
-        .ok_or_else(|| ApiError::internal("the store returned no profile"))
+    patch(&state, &tenant.id, &body, if_match).await
 }
 
 #[utoipa::path(get, path = "/v1/values", tag = "values",

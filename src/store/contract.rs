@@ -17,15 +17,24 @@ fn spec(target: f32) -> ProfileSpec {
 }
 
 fn versions_increase_and_deletions_are_history(s: &dyn ProfileStore) {
-    assert_eq!(s.append("a", Some(&spec(0.1)), 10).unwrap().version, 1);
-    assert_eq!(s.append("a", Some(&spec(0.2)), 11).unwrap().version, 2);
-    assert_eq!(s.append("b", Some(&spec(0.3)), 12).unwrap().version, 1);
+    assert_eq!(
+        s.append("a", Some(&spec(0.1)), 10, None).unwrap().version,
+        1
+    );
+    assert_eq!(
+        s.append("a", Some(&spec(0.2)), 11, None).unwrap().version,
+        2
+    );
+    assert_eq!(
+        s.append("b", Some(&spec(0.3)), 12, None).unwrap().version,
+        1
+    );
     let mut current = s.load_current().unwrap();
     current.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(current.len(), 2);
     assert_eq!(current[0].1.version, 2);
     assert_eq!(current[0].1.values[&ValueId::Power].target, 0.2);
-    assert_eq!(s.append("a", None, 13).unwrap().version, 3);
+    assert_eq!(s.append("a", None, 13, None).unwrap().version, 3);
     let current = s.load_current().unwrap();
     assert_eq!(current.len(), 1);
     assert_eq!(current[0].0, "b");
@@ -40,7 +49,75 @@ fn versions_increase_and_deletions_are_history(s: &dyn ProfileStore) {
     assert_eq!(s.history("a", 1).unwrap().len(), 1);
     assert!(s.history("nobody", 10).unwrap().is_empty());
     // A new profile after a deletion continues the numbering.
-    assert_eq!(s.append("a", Some(&spec(0.4)), 14).unwrap().version, 4);
+    assert_eq!(
+        s.append("a", Some(&spec(0.4)), 14, None).unwrap().version,
+        4
+    );
+}
+
+/// A write that names the version it replaces lands only on that version.
+fn expected_versions_guard_writes(s: &dyn ProfileStore) {
+    assert_eq!(
+        s.append("n", Some(&spec(0.1)), 1, Some(0)).unwrap().version,
+        1
+    );
+    let e = s.append("n", Some(&spec(0.2)), 2, Some(0)).unwrap_err();
+    assert_eq!(e.conflict, Some(1), "{e}");
+    assert_eq!(
+        s.history("n", 10).unwrap().len(),
+        1,
+        "a refused write wrote nothing"
+    );
+    assert_eq!(s.append("n", None, 3, Some(1)).unwrap().version, 2);
+    // After a deletion the deletion is the version to name.
+    assert_eq!(
+        s.append("n", Some(&spec(0.3)), 4, Some(1))
+            .unwrap_err()
+            .conflict,
+        Some(2)
+    );
+    assert_eq!(
+        s.append("n", Some(&spec(0.3)), 4, Some(2)).unwrap().version,
+        3
+    );
+}
+
+/// Read-modify-write from several connections with the version read as the precondition: each
+/// writer retries on a conflict, and no writer's change is lost (every success is a version).
+fn compare_and_set_loses_nothing(stores: Vec<Arc<dyn ProfileStore>>) {
+    let per_writer = 10;
+    let threads: Vec<_> = stores
+        .iter()
+        .cloned()
+        .map(|s| {
+            std::thread::spawn(move || {
+                let (mut done, mut conflicts) = (0, 0);
+                while done < per_writer {
+                    let current = s
+                        .history("cas", 1)
+                        .unwrap()
+                        .first()
+                        .map_or(0, |e| e.version);
+                    match s.append("cas", Some(&spec(0.5)), 1, Some(current)) {
+                        Ok(e) => {
+                            assert_eq!(e.version, current + 1);
+                            done += 1;
+                        }
+                        Err(e) => {
+                            assert!(e.conflict.is_some(), "{e}");
+                            conflicts += 1;
+                        }
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let total = (stores.len() * per_writer) as u64;
+    assert_eq!(stores[0].history("cas", 1).unwrap()[0].version, total);
 }
 
 /// Writers on separate connections (as on separate replicas) never lose or repeat a version.
@@ -54,9 +131,14 @@ fn concurrent_writers_keep_every_version(stores: Vec<Arc<dyn ProfileStore>>) {
             std::thread::spawn(move || {
                 (0..per_writer)
                     .map(|i| {
-                        s.append("t", Some(&spec(0.01 * (w * per_writer + i) as f32)), 1)
-                            .unwrap()
-                            .version
+                        s.append(
+                            "t",
+                            Some(&spec(0.01 * (w * per_writer + i) as f32)),
+                            1,
+                            None,
+                        )
+                        .unwrap()
+                        .version
                     })
                     .collect::<Vec<_>>()
             })
@@ -77,23 +159,27 @@ fn concurrent_writers_keep_every_version(stores: Vec<Arc<dyn ProfileStore>>) {
 #[test]
 fn sqlite_keeps_the_contract() {
     versions_increase_and_deletions_are_history(&SqliteStore::in_memory().unwrap());
+    expected_versions_guard_writes(&SqliteStore::in_memory().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.sqlite");
     let stores: Vec<Arc<dyn ProfileStore>> = (0..2)
         .map(|_| Arc::new(SqliteStore::open(&path).unwrap()) as Arc<dyn ProfileStore>)
         .collect();
-    concurrent_writers_keep_every_version(stores);
+    concurrent_writers_keep_every_version(stores.clone());
+    compare_and_set_loses_nothing(stores);
 }
 
 #[test]
 fn postgres_keeps_the_contract() {
     let Some(url) = fresh_postgres() else { return };
     versions_increase_and_deletions_are_history(&PostgresStore::connect(&url).unwrap());
+    expected_versions_guard_writes(&PostgresStore::connect(&url).unwrap());
     let url = fresh_postgres().unwrap();
     let stores: Vec<Arc<dyn ProfileStore>> = (0..3)
         .map(|_| Arc::new(PostgresStore::connect(&url).unwrap()) as Arc<dyn ProfileStore>)
         .collect();
-    concurrent_writers_keep_every_version(stores);
+    concurrent_writers_keep_every_version(stores.clone());
+    compare_and_set_loses_nothing(stores);
 }
 
 #[test]
@@ -132,13 +218,13 @@ fn postgres_change_feed_reaches_the_other_view_and_survives_a_dropped_connection
         }
     };
     wait("feed connects", &|| a.feed() == super::FeedState::Connected);
-    b_store.append("t", Some(&spec(0.7)), 1).unwrap();
+    b_store.append("t", Some(&spec(0.7)), 1, None).unwrap();
     wait("a sees version 1", &|| {
         a.get("t").map(|p| p.version) == Some(1)
     });
-    b_store.append("t", None, 2).unwrap();
+    b_store.append("t", None, 2, None).unwrap();
     wait("a sees the deletion", &|| a.get("t").is_none());
-    b_store.append("t", Some(&spec(0.5)), 3).unwrap();
+    b_store.append("t", Some(&spec(0.5)), 3, None).unwrap();
     wait("a sees version 3", &|| {
         a.get("t").map(|p| p.version) == Some(3)
     });
@@ -157,8 +243,8 @@ fn postgres_change_feed_reaches_the_other_view_and_survives_a_dropped_connection
     assert!(killed >= 2, "killed {killed} connections");
     // Written by a fresh connection while a's listener is down or reconnecting.
     let c = PostgresStore::connect(&url).unwrap();
-    c.append("t", None, 4).unwrap();
-    c.append("u", Some(&spec(0.2)), 4).unwrap();
+    c.append("t", None, 4, None).unwrap();
+    c.append("u", Some(&spec(0.2)), 4, None).unwrap();
     wait("a catches up after reconnecting", &|| {
         a.get("t").is_none() && a.get("u").map(|p| p.version) == Some(1)
     });
@@ -166,7 +252,7 @@ fn postgres_change_feed_reaches_the_other_view_and_survives_a_dropped_connection
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let entry = rt.block_on(a.write("t", Some(spec(0.9)))).unwrap();
+    let entry = rt.block_on(a.write("t", Some(spec(0.9)), None)).unwrap();
     assert_eq!(entry.version, 5);
     assert_eq!(a.get("t").map(|p| p.version), Some(5));
 }

@@ -19,8 +19,29 @@ use crate::values::Profile;
 use crate::values::profile::ProfileSpec;
 
 #[derive(Debug, thiserror::Error)]
-#[error("profile store: {0}")]
-pub struct StoreError(pub String);
+#[error("profile store: {message}")]
+pub struct StoreError {
+    pub message: String,
+    /// Set when a write named the version it expected and the tenant is at another: this one.
+    pub conflict: Option<u64>,
+}
+
+impl StoreError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            conflict: None,
+        }
+    }
+
+    /// A write whose expected version is not the current one; nothing was written.
+    pub fn conflict(expected: u64, current: u64) -> Self {
+        Self {
+            message: format!("the profile is at version {current}, not {expected}"),
+            conflict: Some(current),
+        }
+    }
+}
 
 /// One version in a tenant's history; `profile` is `None` for a deletion.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -36,11 +57,14 @@ pub trait ProfileStore: Send + Sync + 'static {
     /// The current profile of every tenant that has one.
     fn load_current(&self) -> Result<Vec<(String, Profile)>, StoreError>;
     /// Append a version: `Some` sets the profile, `None` deletes it. Returns the new version.
+    /// With `expected`, only when the tenant's newest version (0: none yet) is that one;
+    /// otherwise nothing is written and the error carries the current version.
     fn append(
         &self,
         tenant: &str,
         spec: Option<&ProfileSpec>,
         now: i64,
+        expected: Option<u64>,
     ) -> Result<HistoryEntry, StoreError>;
     /// Newest first, at most `limit` entries.
     fn history(&self, tenant: &str, limit: usize) -> Result<Vec<HistoryEntry>, StoreError>;
@@ -56,6 +80,27 @@ pub trait ProfileStore: Send + Sync + 'static {
         let _ = sink;
         Ok(None)
     }
+}
+
+/// A stored version as the API shows it; a NULL body records a deletion.
+pub(crate) fn decode_entry(
+    version: i64,
+    created_at: i64,
+    body: Option<String>,
+) -> Result<HistoryEntry, StoreError> {
+    let profile = match body {
+        Some(text) => Some(serde_json::from_str::<Profile>(&text).map_err(|e| {
+            StoreError::new(format!(
+                "version {version} holds an unreadable profile: {e}"
+            ))
+        })?),
+        None => None,
+    };
+    Ok(HistoryEntry {
+        version: version as u64,
+        updated_at: created_at,
+        profile,
+    })
 }
 
 /// The filters of a decision query as SQL: a `WHERE` clause with numbered placeholders
@@ -104,13 +149,13 @@ pub(crate) enum DecisionArg {
 /// The stored form of a record: its JSON without the id, and the values as `,a,b,` (so one
 /// `LIKE` finds a value).
 pub(crate) fn decision_row(r: &DecisionRecord) -> Result<(String, String), StoreError> {
-    let body = serde_json::to_string(r).map_err(|e| StoreError(e.to_string()))?;
+    let body = serde_json::to_string(r).map_err(|e| StoreError::new(e.to_string()))?;
     Ok((body, format!(",{},", r.values.join(","))))
 }
 
 pub(crate) fn decision_from_row(id: i64, body: &str) -> Result<DecisionRecord, StoreError> {
     let mut r: DecisionRecord = serde_json::from_str(body)
-        .map_err(|e| StoreError(format!("decision {id} is unreadable: {e}")))?;
+        .map_err(|e| StoreError::new(format!("decision {id} is unreadable: {e}")))?;
     r.id = id;
     Ok(r)
 }
@@ -170,7 +215,7 @@ impl View {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, StoreError> {
         self.write
             .lock()
-            .map_err(|_| StoreError("a profile write failed earlier".into()))
+            .map_err(|_| StoreError::new("a profile write failed earlier"))
     }
 
     /// Put this entry in the view unless a newer version is already there.
@@ -292,6 +337,21 @@ impl Profiles {
         self.view.current.get(tenant).map(|p| p.clone())
     }
 
+    /// The tenant's newest version in the view, deletions included (0: never had a profile):
+    /// what a change computed from `get` expects to replace.
+    pub fn version(&self, tenant: &str) -> u64 {
+        self.view.applied.get(tenant).map(|v| *v).unwrap_or(0)
+    }
+
+    /// Bring the tenant's entry in the view up to the store's newest version now.
+    pub async fn refresh(&self, tenant: &str) -> Result<(), StoreError> {
+        let view = self.view.clone();
+        let tenant = tenant.to_owned();
+        tokio::task::spawn_blocking(move || view.refresh(&tenant))
+            .await
+            .map_err(|e| StoreError::new(format!("store task failed: {e}")))?
+    }
+
     /// How many tenants have a profile now.
     pub fn len(&self) -> usize {
         self.view.current.len()
@@ -319,6 +379,7 @@ impl Profiles {
         &self,
         tenant: &str,
         spec: Option<ProfileSpec>,
+        expected: Option<u64>,
     ) -> Result<HistoryEntry, StoreError> {
         let view = self.view.clone();
         let tenant = tenant.to_owned();
@@ -328,12 +389,26 @@ impl Profiles {
             .unwrap_or(0);
         tokio::task::spawn_blocking(move || {
             let _guard = view.lock()?;
-            let entry = view.store.append(&tenant, spec.as_ref(), now)?;
-            view.apply(&tenant, &entry);
-            Ok(entry)
+            match view.store.append(&tenant, spec.as_ref(), now, expected) {
+                Ok(entry) => {
+                    view.apply(&tenant, &entry);
+                    Ok(entry)
+                }
+                Err(e) => {
+                    // Another writer (here or on another replica) got there first: the view
+                    // catches up now, so that a retry starts from the current version.
+                    if e.conflict.is_some()
+                        && let Ok(newest) = view.store.history(&tenant, 1)
+                        && let Some(entry) = newest.first()
+                    {
+                        view.apply(&tenant, entry);
+                    }
+                    Err(e)
+                }
+            }
         })
         .await
-        .map_err(|e| StoreError(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::new(format!("store task failed: {e}")))?
     }
 
     /// The store itself (the decision log writes through it).
@@ -345,7 +420,7 @@ impl Profiles {
         let store = self.view.store.clone();
         tokio::task::spawn_blocking(move || store.list_decisions(&query))
             .await
-            .map_err(|e| StoreError(format!("store task failed: {e}")))?
+            .map_err(|e| StoreError::new(format!("store task failed: {e}")))?
     }
 
     pub async fn history(
@@ -357,7 +432,7 @@ impl Profiles {
         let tenant = tenant.to_owned();
         tokio::task::spawn_blocking(move || store.history(&tenant, limit))
             .await
-            .map_err(|e| StoreError(format!("store task failed: {e}")))?
+            .map_err(|e| StoreError::new(format!("store task failed: {e}")))?
     }
 }
 
@@ -377,7 +452,7 @@ mod tests {
             let p = profiles.clone();
             let s = spec.clone();
             let _ = tokio::time::timeout(std::time::Duration::from_micros(50), async move {
-                p.write("t", Some(s)).await
+                p.write("t", Some(s), None).await
             })
             .await;
             // Whatever the store holds, the view shows, once the write is done.

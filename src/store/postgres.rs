@@ -52,14 +52,14 @@ const MIGRATIONS: &[(i32, &str)] = &[
 pub const MIGRATIONS_LEN: usize = MIGRATIONS.len();
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::new(e.to_string())
 }
 
 /// Parse a libpq connection string (`host=.. user=.. dbname=..` or `postgresql://..`), with a
 /// connect timeout unless it names one.
 fn parse_config(url: &str) -> Result<postgres::Config, StoreError> {
     let mut config = postgres::Config::from_str(url)
-        .map_err(|e| StoreError(format!("not a PostgreSQL connection string: {e}")))?;
+        .map_err(|e| StoreError::new(format!("not a PostgreSQL connection string: {e}")))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -70,7 +70,7 @@ fn parse_config(url: &str) -> Result<postgres::Config, StoreError> {
 fn connect(config: &postgres::Config) -> Result<Client, StoreError> {
     config
         .connect(NoTls)
-        .map_err(|e| StoreError(format!("connecting to PostgreSQL: {e}")))
+        .map_err(|e| StoreError::new(format!("connecting to PostgreSQL: {e}")))
 }
 
 /// Apply every migration not yet recorded, under an advisory lock (safe from several replicas at
@@ -98,7 +98,7 @@ pub fn migrate(client: &mut Client) -> Result<usize, StoreError> {
             continue;
         }
         tx.batch_execute(sql)
-            .map_err(|e| StoreError(format!("migration {version}: {e}")))?;
+            .map_err(|e| StoreError::new(format!("migration {version}: {e}")))?;
         tx.execute(
             "INSERT INTO visa_schema_migrations (version) VALUES ($1)",
             &[version],
@@ -138,7 +138,7 @@ impl PostgresStore {
         let mut slot = self
             .client
             .lock()
-            .map_err(|_| StoreError("the database lock is poisoned".into()))?;
+            .map_err(|_| StoreError::new("the database lock is poisoned"))?;
         for attempt in 0..2 {
             if slot.as_ref().is_none_or(Client::is_closed) {
                 *slot = Some(connect(&self.config)?);
@@ -160,7 +160,7 @@ impl PostgresStore {
                 }
             }
         }
-        Err(StoreError("PostgreSQL connection lost twice".into()))
+        Err(StoreError::new("PostgreSQL connection lost twice"))
     }
 }
 
@@ -184,22 +184,6 @@ fn retry_if_closed(e: postgres::Error) -> Failure {
     } else {
         Failure::Final(e)
     }
-}
-
-fn decode(version: i64, created_at: i64, body: Option<String>) -> Result<HistoryEntry, StoreError> {
-    let profile = match body {
-        Some(text) => Some(serde_json::from_str::<Profile>(&text).map_err(|e| {
-            StoreError(format!(
-                "version {version} holds an unreadable profile: {e}"
-            ))
-        })?),
-        None => None,
-    };
-    Ok(HistoryEntry {
-        version: version as u64,
-        updated_at: created_at,
-        profile,
-    })
 }
 
 impl ProfileStore for PostgresStore {
@@ -262,7 +246,7 @@ impl ProfileStore for PostgresStore {
         })?;
         let mut out = Vec::new();
         for r in rows {
-            if let Some(p) = decode(r.get(1), r.get(2), r.get(3))?.profile {
+            if let Some(p) = super::decode_entry(r.get(1), r.get(2), r.get(3))?.profile {
                 out.push((r.get(0), p));
             }
         }
@@ -274,29 +258,32 @@ impl ProfileStore for PostgresStore {
         tenant: &str,
         spec: Option<&ProfileSpec>,
         now: i64,
+        expected: Option<u64>,
     ) -> Result<HistoryEntry, StoreError> {
-        let mut body_err = None;
-        let entry = self.with_client(|c| {
+        // The outer error is the connection's; the inner one, this write's own (a conflict).
+        self.with_client(|c| {
             let mut tx = c.transaction().map_err(retry_if_closed)?;
             // One writer per tenant across every replica: the next version is read and written
             // under the lock, so two commits never share a number or skip one.
             tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&tenant])
                 .map_err(retry_if_closed)?;
-            let last: i64 = tx
+            let current: i64 = tx
                 .query_one(
                     "SELECT COALESCE(MAX(version), 0) FROM profile_versions WHERE tenant_id = $1",
                     &[&tenant],
                 )
                 .map_err(final_err)?
                 .get(0);
-            let version = last + 1;
+            if let Some(e) = expected
+                && e != current as u64
+            {
+                return Ok(Err(StoreError::conflict(e, current as u64)));
+            }
+            let version = current + 1;
             let profile = spec.map(|s| Profile::from_spec(s.clone(), version as u64, now));
             let body = match profile.as_ref().map(serde_json::to_string).transpose() {
                 Ok(b) => b,
-                Err(e) => {
-                    body_err = Some(e.to_string());
-                    return Ok(None);
-                }
+                Err(e) => return Ok(Err(db_err(e))),
             };
             tx.execute(
                 "INSERT INTO profile_versions (tenant_id, version, body, created_at)
@@ -308,16 +295,12 @@ impl ProfileStore for PostgresStore {
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
                 .map_err(final_err)?;
             tx.commit().map_err(final_err)?;
-            Ok(Some(HistoryEntry {
+            Ok(Ok(HistoryEntry {
                 version: version as u64,
                 updated_at: now,
                 profile,
             }))
-        })?;
-        match (entry, body_err) {
-            (Some(entry), _) => Ok(entry),
-            (None, e) => Err(StoreError(e.unwrap_or_else(|| "no entry".into()))),
-        }
+        })?
     }
 
     fn history(&self, tenant: &str, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
@@ -331,7 +314,7 @@ impl ProfileStore for PostgresStore {
             .map_err(retry_if_closed)
         })?;
         rows.iter()
-            .map(|r| decode(r.get(0), r.get(1), r.get(2)))
+            .map(|r| super::decode_entry(r.get(0), r.get(1), r.get(2)))
             .collect()
     }
 
@@ -342,7 +325,7 @@ impl ProfileStore for PostgresStore {
         let thread = std::thread::Builder::new()
             .name("profile-listen".into())
             .spawn(move || listen(config, sink, flag))
-            .map_err(|e| StoreError(format!("starting the listener: {e}")))?;
+            .map_err(|e| StoreError::new(format!("starting the listener: {e}")))?;
         Ok(Some(Watch::new(stop, thread)))
     }
 }

@@ -16,7 +16,7 @@ pub struct SqliteStore {
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::new(e.to_string())
 }
 
 impl SqliteStore {
@@ -26,10 +26,10 @@ impl SqliteStore {
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+                .map_err(|e| StoreError::new(format!("{}: {e}", dir.display())))?;
         }
-        let conn =
-            Connection::open(path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::new(format!("{}: {e}", path.display())))?;
         Self::init(conn)
     }
 
@@ -73,24 +73,8 @@ impl SqliteStore {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn
             .lock()
-            .map_err(|_| StoreError("the database lock is poisoned".into()))
+            .map_err(|_| StoreError::new("the database lock is poisoned"))
     }
-}
-
-fn decode(version: i64, created_at: i64, body: Option<String>) -> Result<HistoryEntry, StoreError> {
-    let profile = match body {
-        Some(text) => Some(serde_json::from_str::<Profile>(&text).map_err(|e| {
-            StoreError(format!(
-                "version {version} holds an unreadable profile: {e}"
-            ))
-        })?),
-        None => None,
-    };
-    Ok(HistoryEntry {
-        version: version as u64,
-        updated_at: created_at,
-        profile,
-    })
 }
 
 impl rusqlite::ToSql for DecisionArg {
@@ -176,7 +160,7 @@ impl ProfileStore for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (tenant, version, created_at, body) = row.map_err(db_err)?;
-            if let Some(p) = decode(version, created_at, body)?.profile {
+            if let Some(p) = super::decode_entry(version, created_at, body)?.profile {
                 out.push((tenant, p));
             }
         }
@@ -188,6 +172,7 @@ impl ProfileStore for SqliteStore {
         tenant: &str,
         spec: Option<&ProfileSpec>,
         now: i64,
+        expected: Option<u64>,
     ) -> Result<HistoryEntry, StoreError> {
         let mut conn = self.lock()?;
         let tx = conn
@@ -202,7 +187,13 @@ impl ProfileStore for SqliteStore {
             .optional()
             .map_err(db_err)?
             .flatten();
-        let version = last.unwrap_or(0) + 1;
+        let current = last.unwrap_or(0);
+        if let Some(e) = expected
+            && e != current as u64
+        {
+            return Err(StoreError::conflict(e, current as u64));
+        }
+        let version = current + 1;
         let profile = spec.map(|s| Profile::from_spec(s.clone(), version as u64, now));
         let body = match &profile {
             Some(p) => Some(serde_json::to_string(p).map_err(db_err)?),
@@ -241,7 +232,7 @@ impl ProfileStore for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (version, created_at, body) = row.map_err(db_err)?;
-            out.push(decode(version, created_at, body)?);
+            out.push(super::decode_entry(version, created_at, body)?);
         }
         Ok(out)
     }
@@ -253,29 +244,7 @@ mod tests {
     use crate::values::ValueId;
     use serde_json::json;
 
-    #[test]
-    fn versions_increase_and_deletions_are_history() {
-        let s = SqliteStore::in_memory().unwrap();
-        let spec = ProfileSpec::from_json(&json!({"values": {"power": {"target": 0.1}}})).unwrap();
-        assert_eq!(s.append("a", Some(&spec), 10).unwrap().version, 1);
-        assert_eq!(s.append("a", Some(&spec), 11).unwrap().version, 2);
-        assert_eq!(s.append("b", Some(&spec), 12).unwrap().version, 1);
-        let current = s.load_current().unwrap();
-        assert_eq!(current.len(), 2);
-        assert_eq!(s.append("a", None, 13).unwrap().version, 3);
-        let current = s.load_current().unwrap();
-        assert_eq!(current.len(), 1);
-        assert_eq!(current[0].0, "b");
-        let h = s.history("a", 10).unwrap();
-        assert_eq!(h.iter().map(|e| e.version).collect::<Vec<_>>(), [3, 2, 1]);
-        assert!(h[0].profile.is_none());
-        assert_eq!(
-            h[1].profile.as_ref().unwrap().values[&ValueId::Power].target,
-            0.1
-        );
-        // A new profile after a deletion continues the numbering.
-        assert_eq!(s.append("a", Some(&spec), 14).unwrap().version, 4);
-    }
+    // The behaviour both stores share is tested in `store::contract`.
 
     #[test]
     fn survives_reopening() {
@@ -287,7 +256,7 @@ mod tests {
         .unwrap();
         {
             let s = SqliteStore::open(&path).unwrap();
-            s.append("t", Some(&spec), 1).unwrap();
+            s.append("t", Some(&spec), 1, None).unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
         let current = s.load_current().unwrap();

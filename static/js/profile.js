@@ -210,7 +210,10 @@ export async function renderProfile(main, tenantId) {
     clearErrors();
     clear(status, "Saving…");
     try {
-      loaded = await api("PUT", paths.profile, body);
+      // Written only over the version on screen: a change saved meanwhile (another tab, another
+      // admin) is not overwritten unseen; the proxy answers 412 and nothing is written.
+      const opts = loaded ? { headers: { "if-match": `"${loaded.version}"` } } : {};
+      loaded = await api("PUT", paths.profile, body, opts);
       spec = specOf(loaded);
       draw();
       clear(status, h("p", { class: "ok" }, `${what}: version ${loaded.version}.`));
