@@ -314,14 +314,17 @@ mod tests {
         fn load_current(&self) -> Result<Vec<(String, Profile)>, StoreError> {
             self.inner.load_current()
         }
-        fn append(
+        fn update(
             &self,
             tenant: &str,
-            spec: Option<&ProfileSpec>,
             now: i64,
             expected: Option<u64>,
-        ) -> Result<crate::store::HistoryEntry, StoreError> {
-            self.inner.append(tenant, spec, now, expected)
+            change: &mut crate::store::ProfileChange<'_>,
+        ) -> Result<
+            Result<crate::store::HistoryEntry, crate::values::profile::FieldError>,
+            StoreError,
+        > {
+            self.inner.update(tenant, now, expected, change)
         }
         fn history(
             &self,

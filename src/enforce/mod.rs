@@ -176,8 +176,16 @@ fn outside(profile: &Profile, fit: &ValueFit) -> Vec<ValueId> {
 }
 
 impl Enforcer {
-    /// Queue the decision on one answer for the decision log (when it is on and the profile
-    /// logs this action); never waits. `pending`'s values and reports are filled in here.
+    /// Whether the decision log keeps a decision with this action under this profile (so the
+    /// caller gathers the record, and its texts only when the profile keeps text).
+    pub(crate) fn logs(&self, profile: &Profile, action: VisaAction) -> bool {
+        self.decisions.is_some()
+            && (action != VisaAction::Passed || profile.log_decisions.logs_passed())
+    }
+
+    /// Queue the decision on one answer for the decision log (callers ask [`Self::logs`]
+    /// first, so nothing is gathered for a decision the log does not keep); never waits.
+    /// `pending`'s values and reports are filled in here.
     pub(crate) fn log_decision(
         &self,
         profile: &Profile,
@@ -765,9 +773,11 @@ impl Enforcer {
         if !work.is_empty() {
             self.metrics.added("json", total);
         }
-        if !reports.is_empty() {
+        if !reports.is_empty() && self.logs(&profile, worst) {
+            let keep_text = profile.log_text != crate::values::profile::LogText::None;
             let texts = work
                 .iter()
+                .filter(|_| keep_text)
                 .map(|(k, index, original)| {
                     let blocked = reports
                         .iter()

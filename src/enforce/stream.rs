@@ -945,7 +945,7 @@ impl Windows {
 
     /// The `visa` chunk, the usage chunk and `[DONE]`; the decision goes to the log.
     fn tail(&mut self) -> Vec<Item> {
-        if !self.reports.is_empty() {
+        if !self.reports.is_empty() && self.enforcer.logs(&self.profile, self.worst) {
             let texts = self
                 .choices
                 .iter()

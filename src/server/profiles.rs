@@ -50,10 +50,6 @@ impl axum::response::IntoResponse for Versioned {
     }
 }
 
-/// How many times a PATCH is computed again on the newest version after another writer got
-/// there first (only without If-Match; with it, the client decides).
-const PATCH_ATTEMPTS: usize = 4;
-
 fn tenant_exists(state: &AppState, tenant_id: &str) -> Result<(), ApiError> {
     state.tenants.get(tenant_id).map(|_| ()).ok_or_else(|| {
         ApiError::new(ErrorKind::NotFound, format!("no tenant {tenant_id:?}"))
@@ -93,57 +89,39 @@ fn saved(entry: HistoryEntry) -> Result<Versioned, ApiError> {
         .ok_or_else(|| ApiError::internal("the store returned no profile"))
 }
 
-/// A PATCH as one read-modify-write: computed on the version the view holds and written only
-/// on top of that version. Without If-Match, a write that lost the race (another request here,
-/// or another replica) is computed again on the newest version; with it, the client's version
-/// must be the current one.
+/// A PATCH as one read-modify-write: the change is applied to the store's newest version
+/// inside the write itself, so a change committed meanwhile (another request, another
+/// replica) is never lost; with If-Match, only when that newest version is the client's.
 async fn patch(
     state: &AppState,
     tenant_id: &str,
     body: &Value,
     if_match: Option<u64>,
 ) -> Result<Versioned, ApiError> {
-    if let Some(v) = if_match
-        && state.profiles.version(tenant_id) != v
-    {
-        // The view may lag another replica's commit: ask the store before refusing.
-        state.profiles.refresh(tenant_id).await?;
-    }
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let base = state.profiles.version(tenant_id);
-        if let Some(v) = if_match
-            && v != base
-        {
-            return Err(crate::store::StoreError::conflict(v, base).into());
-        }
-        let spec = patch_spec(state, tenant_id, body).await?;
-        match state
-            .profiles
-            .write(tenant_id, Some(spec), Some(base))
-            .await
-        {
-            Ok(entry) => return saved(entry),
-            Err(e) if e.conflict.is_some() && if_match.is_none() && attempt < PATCH_ATTEMPTS => {
-                tracing::debug!(tenant = tenant_id, error = %e, "a PATCH lost a race; computing it again");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let change = patch_change(state, body).await?;
+    let entry = state
+        .profiles
+        .update(tenant_id, if_match, move |current| {
+            let base = current.map(ProfileSpec::from_profile).unwrap_or_default();
+            let patch = match &change {
+                Change::Fields(p) => p.clone(),
+                Change::Instruction(t) => t.as_patch(&base),
+            };
+            base.apply(&patch).map(Some)
+        })
+        .await??;
+    saved(entry)
 }
 
-/// A PATCH body: field changes, or `{"instruction": "..."}` translated into target changes.
-async fn patch_spec(
-    state: &AppState,
-    tenant_id: &str,
-    body: &Value,
-) -> Result<ProfileSpec, ApiError> {
-    let base = state
-        .profiles
-        .get(tenant_id)
-        .map(|p| ProfileSpec::from_profile(&p))
-        .unwrap_or_default();
+/// What a PATCH body asks, before it meets the current profile.
+enum Change {
+    Fields(ProfilePatch),
+    Instruction(crate::translator::Translation),
+}
+
+/// A PATCH body: field changes, or `{"instruction": "..."}` translated into target shifts (the
+/// translation does not depend on the profile; the shifts are applied to it in the write).
+async fn patch_change(state: &AppState, body: &Value) -> Result<Change, ApiError> {
     if let Some(instruction) = body.get("instruction") {
         let Some(text) = instruction.as_str() else {
             return Err(
@@ -157,15 +135,13 @@ async fn patch_spec(
             )
             .with_param("instruction"));
         }
-        let translation = state.translate(text).await?;
-        let patch = translation.as_patch(&base);
-        return Ok(base.apply(&patch)?);
+        return Ok(Change::Instruction(state.translate(text).await?));
     }
     let patch = ProfilePatch::from_json(body)?;
     if patch.is_empty() {
         return Err(ApiError::invalid_request("the patch changes nothing").with_param("values"));
     }
-    Ok(base.apply(&patch)?)
+    Ok(Change::Fields(patch))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

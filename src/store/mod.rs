@@ -16,7 +16,11 @@ use dashmap::DashMap;
 
 use crate::decisions::{DecisionQuery, DecisionRecord};
 use crate::values::Profile;
-use crate::values::profile::ProfileSpec;
+use crate::values::profile::{FieldError, ProfileSpec};
+
+/// What a PATCH does to the current profile: the new one (`None` deletes), or why not.
+pub type ProfileChange<'a> =
+    dyn FnMut(Option<&Profile>) -> Result<Option<ProfileSpec>, FieldError> + Send + 'a;
 
 #[derive(Debug, thiserror::Error)]
 #[error("profile store: {message}")]
@@ -56,16 +60,32 @@ pub struct HistoryEntry {
 pub trait ProfileStore: Send + Sync + 'static {
     /// The current profile of every tenant that has one.
     fn load_current(&self) -> Result<Vec<(String, Profile)>, StoreError>;
+    /// Append a version computed from the newest one in the same transaction (so no other
+    /// writer, here or on another replica, can slip in between): `change` gets the current
+    /// profile (none: never had one, or deleted) and returns the new one (`None` deletes it) or
+    /// a field error, which writes nothing. With `expected`, only when the tenant's newest
+    /// version (0: none yet) is that one; otherwise nothing is written and the error carries
+    /// the current version. `change` may be called more than once (a retried connection).
+    fn update(
+        &self,
+        tenant: &str,
+        now: i64,
+        expected: Option<u64>,
+        change: &mut ProfileChange<'_>,
+    ) -> Result<Result<HistoryEntry, FieldError>, StoreError>;
     /// Append a version: `Some` sets the profile, `None` deletes it. Returns the new version.
-    /// With `expected`, only when the tenant's newest version (0: none yet) is that one;
-    /// otherwise nothing is written and the error carries the current version.
+    /// `expected` as for [`ProfileStore::update`].
     fn append(
         &self,
         tenant: &str,
         spec: Option<&ProfileSpec>,
         now: i64,
         expected: Option<u64>,
-    ) -> Result<HistoryEntry, StoreError>;
+    ) -> Result<HistoryEntry, StoreError> {
+        let mut change = |_: Option<&Profile>| Ok(spec.cloned());
+        self.update(tenant, now, expected, &mut change)?
+            .map_err(|e| StoreError::new(e.message))
+    }
     /// Newest first, at most `limit` entries.
     fn history(&self, tenant: &str, limit: usize) -> Result<Vec<HistoryEntry>, StoreError>;
     /// Append decision records in one transaction (their ids are assigned here).
@@ -337,21 +357,6 @@ impl Profiles {
         self.view.current.get(tenant).map(|p| p.clone())
     }
 
-    /// The tenant's newest version in the view, deletions included (0: never had a profile):
-    /// what a change computed from `get` expects to replace.
-    pub fn version(&self, tenant: &str) -> u64 {
-        self.view.applied.get(tenant).map(|v| *v).unwrap_or(0)
-    }
-
-    /// Bring the tenant's entry in the view up to the store's newest version now.
-    pub async fn refresh(&self, tenant: &str) -> Result<(), StoreError> {
-        let view = self.view.clone();
-        let tenant = tenant.to_owned();
-        tokio::task::spawn_blocking(move || view.refresh(&tenant))
-            .await
-            .map_err(|e| StoreError::new(format!("store task failed: {e}")))?
-    }
-
     /// How many tenants have a profile now.
     pub fn len(&self) -> usize {
         self.view.current.len()
@@ -381,6 +386,21 @@ impl Profiles {
         spec: Option<ProfileSpec>,
         expected: Option<u64>,
     ) -> Result<HistoryEntry, StoreError> {
+        self.update(tenant, expected, move |_| Ok(spec.clone()))
+            .await?
+            .map_err(|e| StoreError::new(e.message))
+    }
+
+    /// A read-modify-write (a PATCH) as one commit: `change` is applied to the store's newest
+    /// version inside the write, whatever this replica's view holds; then published.
+    pub async fn update(
+        &self,
+        tenant: &str,
+        expected: Option<u64>,
+        mut change: impl FnMut(Option<&Profile>) -> Result<Option<ProfileSpec>, FieldError>
+        + Send
+        + 'static,
+    ) -> Result<Result<HistoryEntry, FieldError>, StoreError> {
         let view = self.view.clone();
         let tenant = tenant.to_owned();
         let now = std::time::SystemTime::now()
@@ -389,14 +409,14 @@ impl Profiles {
             .unwrap_or(0);
         tokio::task::spawn_blocking(move || {
             let _guard = view.lock()?;
-            match view.store.append(&tenant, spec.as_ref(), now, expected) {
-                Ok(entry) => {
+            match view.store.update(&tenant, now, expected, &mut change) {
+                Ok(Ok(entry)) => {
                     view.apply(&tenant, &entry);
-                    Ok(entry)
+                    Ok(Ok(entry))
                 }
+                Ok(Err(field)) => Ok(Err(field)),
                 Err(e) => {
-                    // Another writer (here or on another replica) got there first: the view
-                    // catches up now, so that a retry starts from the current version.
+                    // Another writer got there first: the view catches up now.
                     if e.conflict.is_some()
                         && let Ok(newest) = view.store.history(&tenant, 1)
                         && let Some(entry) = newest.first()

@@ -10,10 +10,12 @@ use std::time::Duration;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
-use super::{ChangeSink, DecisionArg, HistoryEntry, ProfileStore, StoreError, Watch};
+use super::{
+    ChangeSink, DecisionArg, HistoryEntry, ProfileChange, ProfileStore, StoreError, Watch,
+};
 use crate::decisions::{DecisionQuery, DecisionRecord};
 use crate::values::Profile;
-use crate::values::profile::ProfileSpec;
+use crate::values::profile::FieldError;
 
 /// The channel commits are announced on; the payload is `{"tenant": .., "version": ..}`.
 pub const CHANNEL: &str = "visa_profile_changes";
@@ -164,6 +166,12 @@ impl PostgresStore {
     }
 }
 
+/// Why a write was refused without a connection failure.
+enum Rejected {
+    Field(FieldError),
+    Store(StoreError),
+}
+
 /// How an operation failed: before anything reached the server on a closed connection (safe to
 /// retry), or otherwise.
 enum Failure {
@@ -253,37 +261,53 @@ impl ProfileStore for PostgresStore {
         Ok(out)
     }
 
-    fn append(
+    fn update(
         &self,
         tenant: &str,
-        spec: Option<&ProfileSpec>,
         now: i64,
         expected: Option<u64>,
-    ) -> Result<HistoryEntry, StoreError> {
-        // The outer error is the connection's; the inner one, this write's own (a conflict).
-        self.with_client(|c| {
+        change: &mut ProfileChange<'_>,
+    ) -> Result<Result<HistoryEntry, FieldError>, StoreError> {
+        // The outer error is the connection's; the inner one, this write's own (a conflict, a
+        // field error from `change`, an unencodable profile).
+        let outcome = self.with_client(|c| {
             let mut tx = c.transaction().map_err(retry_if_closed)?;
-            // One writer per tenant across every replica: the next version is read and written
-            // under the lock, so two commits never share a number or skip one.
+            // One writer per tenant across every replica: the newest version is read, changed
+            // and written under the lock, so two commits never share a number, skip one, or
+            // build on a version the other replaced.
             tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&tenant])
                 .map_err(retry_if_closed)?;
-            let current: i64 = tx
-                .query_one(
-                    "SELECT COALESCE(MAX(version), 0) FROM profile_versions WHERE tenant_id = $1",
+            let newest = tx
+                .query_opt(
+                    "SELECT version, created_at, body FROM profile_versions WHERE tenant_id = $1
+                     ORDER BY version DESC LIMIT 1",
                     &[&tenant],
                 )
-                .map_err(final_err)?
-                .get(0);
+                .map_err(final_err)?;
+            let (current, profile_now) = match newest {
+                Some(r) => match super::decode_entry(r.get(0), r.get(1), r.get(2)) {
+                    Ok(e) => (e.version as i64, e.profile),
+                    Err(e) => return Ok(Err(Rejected::Store(e))),
+                },
+                None => (0, None),
+            };
             if let Some(e) = expected
                 && e != current as u64
             {
-                return Ok(Err(StoreError::conflict(e, current as u64)));
+                return Ok(Err(Rejected::Store(StoreError::conflict(
+                    e,
+                    current as u64,
+                ))));
             }
+            let spec = match change(profile_now.as_ref()) {
+                Ok(s) => s,
+                Err(field) => return Ok(Err(Rejected::Field(field))),
+            };
             let version = current + 1;
-            let profile = spec.map(|s| Profile::from_spec(s.clone(), version as u64, now));
+            let profile = spec.map(|s| Profile::from_spec(s, version as u64, now));
             let body = match profile.as_ref().map(serde_json::to_string).transpose() {
                 Ok(b) => b,
-                Err(e) => return Ok(Err(db_err(e))),
+                Err(e) => return Ok(Err(Rejected::Store(db_err(e)))),
             };
             tx.execute(
                 "INSERT INTO profile_versions (tenant_id, version, body, created_at)
@@ -300,7 +324,12 @@ impl ProfileStore for PostgresStore {
                 updated_at: now,
                 profile,
             }))
-        })?
+        })?;
+        match outcome {
+            Ok(entry) => Ok(Ok(entry)),
+            Err(Rejected::Field(f)) => Ok(Err(f)),
+            Err(Rejected::Store(e)) => Err(e),
+        }
     }
 
     fn history(&self, tenant: &str, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {

@@ -6,10 +6,10 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{DecisionArg, HistoryEntry, ProfileStore, StoreError};
+use super::{DecisionArg, HistoryEntry, ProfileChange, ProfileStore, StoreError};
 use crate::decisions::{DecisionQuery, DecisionRecord};
 use crate::values::Profile;
-use crate::values::profile::ProfileSpec;
+use crate::values::profile::FieldError;
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -167,34 +167,47 @@ impl ProfileStore for SqliteStore {
         Ok(out)
     }
 
-    fn append(
+    fn update(
         &self,
         tenant: &str,
-        spec: Option<&ProfileSpec>,
         now: i64,
         expected: Option<u64>,
-    ) -> Result<HistoryEntry, StoreError> {
+        change: &mut ProfileChange<'_>,
+    ) -> Result<Result<HistoryEntry, FieldError>, StoreError> {
         let mut conn = self.lock()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        let last: Option<i64> = tx
+        let newest = tx
             .query_row(
-                "SELECT MAX(version) FROM profile_versions WHERE tenant_id = ?1",
+                "SELECT version, created_at, body FROM profile_versions WHERE tenant_id = ?1
+                 ORDER BY version DESC LIMIT 1",
                 params![tenant],
-                |r| r.get(0),
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                },
             )
             .optional()
-            .map_err(db_err)?
-            .flatten();
-        let current = last.unwrap_or(0);
+            .map_err(db_err)?;
+        let (current, profile_now) = match newest {
+            Some((v, at, body)) => (v, super::decode_entry(v, at, body)?.profile),
+            None => (0, None),
+        };
         if let Some(e) = expected
             && e != current as u64
         {
             return Err(StoreError::conflict(e, current as u64));
         }
+        let spec = match change(profile_now.as_ref()) {
+            Ok(s) => s,
+            Err(field) => return Ok(Err(field)),
+        };
         let version = current + 1;
-        let profile = spec.map(|s| Profile::from_spec(s.clone(), version as u64, now));
+        let profile = spec.map(|s| Profile::from_spec(s, version as u64, now));
         let body = match &profile {
             Some(p) => Some(serde_json::to_string(p).map_err(db_err)?),
             None => None,
@@ -205,11 +218,11 @@ impl ProfileStore for SqliteStore {
         )
         .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        Ok(HistoryEntry {
+        Ok(Ok(HistoryEntry {
             version: version as u64,
             updated_at: now,
             profile,
-        })
+        }))
     }
 
     fn history(&self, tenant: &str, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
@@ -250,7 +263,7 @@ mod tests {
     fn survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/profiles.sqlite");
-        let spec = ProfileSpec::from_json(
+        let spec = crate::values::profile::ProfileSpec::from_json(
             &json!({"values": {"benevolence": {"target": 0.9}}, "action": "rewrite"}),
         )
         .unwrap();
