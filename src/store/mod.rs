@@ -123,6 +123,51 @@ pub(crate) fn decode_entry(
     })
 }
 
+/// A version about to be appended: its number, its stored body (none: a deletion), and the
+/// entry the write returns.
+pub(crate) struct Next {
+    pub version: i64,
+    pub body: Option<String>,
+    pub entry: HistoryEntry,
+}
+
+/// What a write appends on top of `newest` (the tenant's newest stored version; none when it
+/// never had one), for both stores: the precondition checked, `change` applied, the body
+/// encoded. `Ok(Err)`: `change` refused with a field error, and nothing is to be written.
+pub(crate) fn next_version(
+    newest: Option<HistoryEntry>,
+    now: i64,
+    expected: Option<u64>,
+    change: &mut ProfileChange<'_>,
+) -> Result<Result<Next, FieldError>, StoreError> {
+    let current = newest.as_ref().map_or(0, |e| e.version);
+    if let Some(e) = expected
+        && e != current
+    {
+        return Err(StoreError::conflict(e, current));
+    }
+    let spec = match change(newest.and_then(|e| e.profile).as_ref()) {
+        Ok(s) => s,
+        Err(field) => return Ok(Err(field)),
+    };
+    let version = current + 1;
+    let profile = spec.map(|s| Profile::from_spec(s, version, now));
+    let body = profile
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::new(e.to_string()))?;
+    Ok(Ok(Next {
+        version: version as i64,
+        body,
+        entry: HistoryEntry {
+            version,
+            updated_at: now,
+            profile,
+        },
+    }))
+}
+
 /// The filters of a decision query as SQL: a `WHERE` clause with numbered placeholders
 /// (`$1` or `?1`, as `mark` writes them) and its arguments, and the limit.
 pub(crate) fn decision_filters(
@@ -260,6 +305,11 @@ impl View {
 
     fn refresh(&self, tenant: &str) -> Result<(), StoreError> {
         let _guard = self.lock()?;
+        self.catch_up(tenant)
+    }
+
+    /// Apply the store's newest version of this tenant (the caller holds the lock).
+    fn catch_up(&self, tenant: &str) -> Result<(), StoreError> {
         if let Some(entry) = self.store.history(tenant, 1)?.first() {
             self.apply(tenant, entry);
         }
@@ -287,9 +337,7 @@ impl View {
         }
         // Deleted while the feed was away: the store's newest version says so.
         for tenant in gone {
-            if let Some(entry) = self.store.history(&tenant, 1)?.first() {
-                self.apply(&tenant, entry);
-            }
+            self.catch_up(&tenant)?;
         }
         Ok(())
     }
@@ -416,12 +464,10 @@ impl Profiles {
                 }
                 Ok(Err(field)) => Ok(Err(field)),
                 Err(e) => {
-                    // Another writer got there first: the view catches up now.
-                    if e.conflict.is_some()
-                        && let Ok(newest) = view.store.history(&tenant, 1)
-                        && let Some(entry) = newest.first()
-                    {
-                        view.apply(&tenant, entry);
+                    // Another writer got there first: the view catches up now (best effort;
+                    // the change feed brings it too).
+                    if e.conflict.is_some() {
+                        let _ = view.catch_up(&tenant);
                     }
                     Err(e)
                 }

@@ -284,46 +284,30 @@ impl ProfileStore for PostgresStore {
                     &[&tenant],
                 )
                 .map_err(final_err)?;
-            let (current, profile_now) = match newest {
-                Some(r) => match super::decode_entry(r.get(0), r.get(1), r.get(2)) {
-                    Ok(e) => (e.version as i64, e.profile),
-                    Err(e) => return Ok(Err(Rejected::Store(e))),
-                },
-                None => (0, None),
-            };
-            if let Some(e) = expected
-                && e != current as u64
+            let newest = match newest
+                .map(|r| super::decode_entry(r.get(0), r.get(1), r.get(2)))
+                .transpose()
             {
-                return Ok(Err(Rejected::Store(StoreError::conflict(
-                    e,
-                    current as u64,
-                ))));
-            }
-            let spec = match change(profile_now.as_ref()) {
-                Ok(s) => s,
-                Err(field) => return Ok(Err(Rejected::Field(field))),
+                Ok(n) => n,
+                Err(e) => return Ok(Err(Rejected::Store(e))),
             };
-            let version = current + 1;
-            let profile = spec.map(|s| Profile::from_spec(s, version as u64, now));
-            let body = match profile.as_ref().map(serde_json::to_string).transpose() {
-                Ok(b) => b,
-                Err(e) => return Ok(Err(Rejected::Store(db_err(e)))),
+            let next = match super::next_version(newest, now, expected, change) {
+                Ok(Ok(next)) => next,
+                Ok(Err(field)) => return Ok(Err(Rejected::Field(field))),
+                Err(e) => return Ok(Err(Rejected::Store(e))),
             };
+            let version = next.version;
             tx.execute(
                 "INSERT INTO profile_versions (tenant_id, version, body, created_at)
                  VALUES ($1, $2, $3, $4)",
-                &[&tenant, &version, &body, &now],
+                &[&tenant, &version, &next.body, &now],
             )
             .map_err(final_err)?;
             let payload = serde_json::json!({"tenant": tenant, "version": version}).to_string();
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
                 .map_err(final_err)?;
             tx.commit().map_err(final_err)?;
-            Ok(Ok(HistoryEntry {
-                version: version as u64,
-                updated_at: now,
-                profile,
-            }))
+            Ok(Ok(next.entry))
         })?;
         match outcome {
             Ok(entry) => Ok(Ok(entry)),

@@ -193,36 +193,20 @@ impl ProfileStore for SqliteStore {
             )
             .optional()
             .map_err(db_err)?;
-        let (current, profile_now) = match newest {
-            Some((v, at, body)) => (v, super::decode_entry(v, at, body)?.profile),
-            None => (0, None),
-        };
-        if let Some(e) = expected
-            && e != current as u64
-        {
-            return Err(StoreError::conflict(e, current as u64));
-        }
-        let spec = match change(profile_now.as_ref()) {
-            Ok(s) => s,
+        let newest = newest
+            .map(|(v, at, body)| super::decode_entry(v, at, body))
+            .transpose()?;
+        let next = match super::next_version(newest, now, expected, change)? {
+            Ok(next) => next,
             Err(field) => return Ok(Err(field)),
-        };
-        let version = current + 1;
-        let profile = spec.map(|s| Profile::from_spec(s, version as u64, now));
-        let body = match &profile {
-            Some(p) => Some(serde_json::to_string(p).map_err(db_err)?),
-            None => None,
         };
         tx.execute(
             "INSERT INTO profile_versions (tenant_id, version, body, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![tenant, version, body, now],
+            params![tenant, next.version, next.body, now],
         )
         .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        Ok(Ok(HistoryEntry {
-            version: version as u64,
-            updated_at: now,
-            profile,
-        }))
+        Ok(Ok(next.entry))
     }
 
     fn history(&self, tenant: &str, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
