@@ -11,6 +11,7 @@ ENV RUSTFLAGS="-C target-cpu=x86-64-v3" \
     CARGO_TARGET_DIR=/src/target
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY benches ./benches
 COPY examples ./examples
 COPY tests ./tests

@@ -5,7 +5,13 @@
 //!
 //! `cargo bench --bench encoder` (env: BENCH_RUNS, repetitions, default 20).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 use std::time::Instant;
 
@@ -43,11 +49,11 @@ fn main() {
         .max(1);
     let root = env!("CARGO_MANIFEST_DIR");
     let head = std::path::PathBuf::from(format!("{root}/assets/detector/head.safetensors"));
-    let delta = visa_proxy::detector::train::delta_path(&head);
+    let delta = visa_proxy::detector::delta_path(&head);
     let encoder = SentenceEncoder::load_with_delta(
         &EncoderFiles::new(format!("{root}/models/minilm")),
         delta.exists().then_some(delta.as_path()),
-        visa_proxy::detector::train::MAX_TOKENS,
+        visa_proxy::detector::MAX_TOKENS,
     )
     .expect("encoder: run scripts/fetch-models.sh");
     println!(

@@ -5,7 +5,13 @@
 //!
 //! `cargo bench --bench enforce` (env: BENCH_RUNS, repetitions of the cheap cases, default 10).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 #[path = "../tests/support/mock_upstream.rs"]
 mod mock_upstream;

@@ -10,7 +10,13 @@
 //! mock URL as its upstream), PEER_KEY, PEER_MODEL (default "bench"), PEER_PID (for its CPU
 //! and memory), PEER_WAIT (seconds to wait after printing the mock URL, default 0)).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 #[path = "../tests/support/mock_upstream.rs"]
 mod mock_upstream;

@@ -7,7 +7,13 @@
 //! `cargo bench --bench train` (env: BENCH_RUNS, repetitions, default 3; BENCH_TOKENS, tokens
 //! per completion, default 48; BENCH_GROUP, completions per prompt, default 4).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 use std::time::Instant;
 

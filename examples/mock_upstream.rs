@@ -1,7 +1,13 @@
 //! The test suite's mock OpenAI-compatible upstream as a stand-alone server, for demos and
 //! manual checks: `cargo run --release --example mock_upstream [ADDR]` (default 127.0.0.1:9090).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 #[path = "../tests/support/mock_upstream.rs"]
 mod mock_upstream;

@@ -1,5 +1,11 @@
 //! The command line: `serve` and the small helpers around it.
 
+#![expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the command line's own output: reports, the listening line, errors"
+)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -152,11 +158,11 @@ pub enum Command {
     /// Train the rewriter with GRPO: LoRA adapters on the base GGUF model, rewarded by the
     /// proxy's own scorer. Writes OUT/adapter.safetensors, its card OUT/adapter.json, OUT/log.jsonl
     /// and checkpoints (--resume continues; Ctrl-C stops after the current step).
-    TrainRewriter(crate::grpo::command::TrainOptions),
+    TrainRewriter(crate::train::grpo::command::TrainOptions),
     /// Compare rewriters (the base with the prompt only, and each --adapter) on the same
     /// held-out items: value L2/cosine to the target, distance closed, consistency, JSR,
     /// shield fallbacks, length, latency. Writes OUT/eval.md and OUT/eval.json.
-    EvalRewriter(crate::rewriter::eval::EvalOptions),
+    EvalRewriter(crate::train::rewriter::eval::EvalOptions),
     /// How well the per-sentence checks of an edit (encoder similarity, facts both ways) tell
     /// faithful rewrites from changed ones, on hand-written pairs; prints the measured floor.
     EvalSimilarity {
@@ -214,16 +220,7 @@ fn migrate(path: &std::path::Path) -> anyhow::Result<()> {
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen),
-        Command::CheckConfig { config } => Config::load(&config, None)
-            .map(|c| {
-                println!(
-                    "{}: valid ({} upstreams, {} tenants)",
-                    config.display(),
-                    c.upstreams.len(),
-                    c.tenants.len()
-                );
-            })
-            .map_err(Into::into),
+        Command::CheckConfig { config } => check_config(&config),
         Command::Migrate { config } => migrate(&config),
         Command::HashKey { key } => hash_key(key),
         Command::Openapi => {
@@ -231,34 +228,22 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(())
         }
         Command::Healthcheck { url } => healthcheck(&url),
-        Command::TrainRewriter(o) => crate::grpo::command::run(&o),
-        Command::EvalRewriter(o) => crate::rewriter::eval::run(&o),
+        Command::TrainRewriter(o) => {
+            settings(&o.config).and_then(|s| crate::train::grpo::command::run(&o, &s))
+        }
+        Command::EvalRewriter(o) => {
+            settings(&o.config).and_then(|s| crate::train::rewriter::eval::run(&o, &s))
+        }
         Command::CompareEval {
             files,
             baseline,
             seed,
-        } => crate::rewriter::compare::run(&files, baseline, seed),
+        } => crate::train::rewriter::compare::run(&files, baseline, seed),
         Command::MergeAdapter {
             adapter,
             base,
             output,
-        } => crate::grpo::adapter::load(&adapter).and_then(|a| {
-            let started = std::time::Instant::now();
-            let m = crate::grpo::adapter::merge_into_gguf(
-                &base,
-                &a,
-                &output,
-                candle_core::quantized::GgmlDType::Q8_0,
-            )?;
-            println!(
-                "{}: {} tensors, {} with the adapter merged, in {:.1} s",
-                output.display(),
-                m.tensors,
-                m.adapted,
-                started.elapsed().as_secs_f64()
-            );
-            Ok(())
-        }),
+        } => merge_adapter(&adapter, &base, &output),
         Command::TrainDetector {
             data,
             out,
@@ -272,8 +257,8 @@ pub fn run(cli: Cli) -> ExitCode {
             fine_tune_epochs,
             fine_tune_lr,
             neutral,
-        } => crate::detector::train::run(&crate::detector::train::TrainOptions {
-            neutral: (neutral != "none").then(|| PathBuf::from(neutral)),
+        } => crate::train::detector::train::run(&crate::train::detector::train::TrainOptions {
+            neutral: none_or_path(&neutral),
             fine_tune_layers,
             fine_tune_epochs,
             fine_tune_lr,
@@ -284,33 +269,16 @@ pub fn run(cli: Cli) -> ExitCode {
             learning_rate,
             weight_decay,
             holdout,
-            cache_dir: (cache != "none").then(|| PathBuf::from(cache)),
+            cache_dir: none_or_path(&cache),
         })
         .map(|_| ()),
-        Command::ConvertGguf { input, output } => {
-            let started = std::time::Instant::now();
-            crate::models::gguf_convert::convert(
-                &input,
-                &output,
-                candle_core::quantized::GgmlDType::Q8_0,
-            )
-            .map(|c| {
-                println!(
-                    "{}: {} tensors, {} converted from Q4_1 to Q8_0, in {:.1} s",
-                    output.display(),
-                    c.tensors,
-                    c.converted,
-                    started.elapsed().as_secs_f64()
-                );
-            })
-            .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))
-        }
+        Command::ConvertGguf { input, output } => convert_gguf(&input, &output),
         Command::EvalSteering(o) => crate::enforce::steering::run(&o),
         Command::EvalSimilarity { pairs, encoder } => {
-            crate::edit::similarity_eval::run(&pairs, &encoder)
+            crate::train::edit::similarity_eval::run(&pairs, &encoder)
         }
         Command::EvalTranslator { cases, encoder } => {
-            crate::translator::eval::run(&cases, &encoder)
+            crate::train::translator::eval::run(&cases, &encoder)
         }
         Command::EvalDetector {
             data,
@@ -320,18 +288,15 @@ pub fn run(cli: Cli) -> ExitCode {
             calibration,
             neutral,
             valued,
-        } => {
-            let opt = |s: &str| (s != "none").then(|| PathBuf::from(s));
-            crate::detector::eval::run(
-                &data,
-                &split,
-                &encoder,
-                &head,
-                opt(&calibration).as_deref(),
-                opt(&neutral).as_deref(),
-                opt(&valued).as_deref(),
-            )
-        }
+        } => crate::train::detector::eval::run(
+            &data,
+            &split,
+            &encoder,
+            &head,
+            none_or_path(&calibration).as_deref(),
+            none_or_path(&neutral).as_deref(),
+            none_or_path(&valued).as_deref(),
+        ),
         Command::CalibrateDetector {
             data,
             neutral,
@@ -340,15 +305,17 @@ pub fn run(cli: Cli) -> ExitCode {
             encoder,
             out,
             holdout,
-        } => crate::detector::calibrate::run(&crate::detector::calibrate::CalibrateOptions {
-            data,
-            neutral,
-            valued: (valued != "none").then(|| PathBuf::from(valued)),
-            encoder_dir: encoder,
-            head,
-            out,
-            holdout,
-        })
+        } => crate::train::detector::calibrate::run(
+            &crate::train::detector::calibrate::CalibrateOptions {
+                data,
+                neutral,
+                valued: none_or_path(&valued),
+                encoder_dir: encoder,
+                head,
+                out,
+                holdout,
+            },
+        )
         .map(|_| ()),
     };
     match result {
@@ -358,6 +325,63 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// An optional path argument: the word `none` means "not given".
+fn none_or_path(arg: &str) -> Option<PathBuf> {
+    (arg != "none").then(|| PathBuf::from(arg))
+}
+
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let c = Config::load(path, None)?;
+    println!(
+        "{}: valid ({} upstreams, {} tenants)",
+        path.display(),
+        c.upstreams.len(),
+        c.tenants.len()
+    );
+    Ok(())
+}
+
+fn merge_adapter(
+    adapter: &std::path::Path,
+    base: &std::path::Path,
+    output: &std::path::Path,
+) -> anyhow::Result<()> {
+    let a = crate::models::adapter::load(adapter)?;
+    let started = std::time::Instant::now();
+    let m = crate::models::adapter::merge_into_gguf(
+        base,
+        &a,
+        output,
+        candle_core::quantized::GgmlDType::Q8_0,
+    )?;
+    println!(
+        "{}: {} tensors, {} with the adapter merged, in {:.1} s",
+        output.display(),
+        m.tensors,
+        m.adapted,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn convert_gguf(input: &std::path::Path, output: &std::path::Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let c = crate::models::gguf_convert::convert(
+        input,
+        output,
+        candle_core::quantized::GgmlDType::Q8_0,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    println!(
+        "{}: {} tensors, {} converted from Q4_1 to Q8_0, in {:.1} s",
+        output.display(),
+        c.tensors,
+        c.converted,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn hash_key(key: Option<String>) -> anyhow::Result<()> {
@@ -400,7 +424,11 @@ fn serve(path: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
         tracing::info!(%local, upstreams = state.upstreams.all().len(), tenants = state.tenants.list().len(), "listening");
         let shutdown = CancellationToken::new();
-        tokio::spawn(signal_watch(shutdown.clone()));
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "watches for signals for the life of the process; nothing to drain"
+        )]
+        let _signals = tokio::spawn(signal_watch(shutdown.clone()));
         server::serve(state, listener, shutdown, grace).await
     })
 }
@@ -441,5 +469,18 @@ fn healthcheck(url: &str) -> anyhow::Result<()> {
             resp.status()
         );
         Ok(())
+    })
+}
+
+/// The sections of the configuration file that training and evaluation read (the whole file is
+/// loaded and validated first, as the server would).
+fn settings(path: &std::path::Path) -> anyhow::Result<crate::train::Settings> {
+    let config =
+        Config::load(path, None).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(crate::train::Settings {
+        models: config.models,
+        llm: config.llm,
+        rewriter: config.rewriter,
+        enforce: config.enforce,
     })
 }

@@ -16,21 +16,6 @@ pub const ENV_LISTEN: &str = "VISA_LISTEN";
 pub const ENV_ADMIN_KEY: &str = "VISA_ADMIN_KEY";
 pub const ENV_PROFILES_DB: &str = "VISA_PROFILES_DB";
 
-/// A configuration problem, always naming the field it is about.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {field}: {message}")]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-pub(crate) fn config_err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -69,7 +54,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Requests handled at once across all tenants; more are shed with 429.
     pub max_concurrent_requests: usize,
-    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits.
+    /// How long in-flight requests may run after SIGTERM/SIGINT, and then background work may
+    /// drain, before the process exits.
     pub shutdown_grace_ms: u64,
     /// TCP connect timeout of the one pooled upstream HTTP client.
     pub upstream_connect_timeout_ms: u64,
@@ -96,47 +82,10 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelsConfig {
-    /// Load the encoder, detector and translator. When false, /v1/values/* and
-    /// /v1/profiles/translate answer 503.
-    pub enabled: bool,
-    /// Folder with the sentence encoder (model.safetensors, tokenizer.json, config.json).
-    pub encoder_dir: String,
-    /// The detector head written by `visa-proxy train-detector`.
-    pub detector_head: String,
-    /// Per-value calibration of the head's scores (`visa-proxy calibrate-detector`); empty:
-    /// raw head scores.
-    pub detector_calibration: String,
-    /// Encoder requests waiting at most; beyond it: 429.
-    pub encoder_queue: usize,
-    /// Texts per encoder forward pass when requests are batched.
-    pub encoder_max_batch: usize,
-    /// Longest text accepted by /v1/values/detect, in characters.
-    pub max_text_chars: usize,
-    /// Most texts in one /v1/values/detect request.
-    pub max_texts: usize,
-}
-
-impl Default for ModelsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            encoder_dir: "models/minilm".into(),
-            detector_head: "assets/detector/head.safetensors".into(),
-            detector_calibration: "assets/detector/head.calibration.json".into(),
-            encoder_queue: 256,
-            encoder_max_batch: 32,
-            max_text_chars: 20_000,
-            max_texts: 64,
-        }
-    }
-}
-
-pub use crate::config_models::{
-    DropRule, EnforceConfig, LlmConfig, RewriteMode, RewriterBackend, RewriterConfig,
+pub use visa_core::config::{
+    DropRule, EnforceConfig, RewriteMode, RewriterBackend, RewriterConfig,
 };
+pub use visa_models::config::{ConfigError, LlmConfig, ModelsConfig, config_err};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -501,7 +450,25 @@ impl Config {
         })
     }
 
+    /// Every section, in this order; the first problem is reported.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_profile_store()?;
+        self.models.validate()?;
+        self.limits.validate()?;
+        self.validate_decisions()?;
+        self.llm.validate()?;
+        self.rewriter.validate()?;
+        self.enforce.validate()?;
+        self.validate_remote_rewriter()?;
+        if self.profiles.history_limit == 0 {
+            return Err(config_err("profiles.history_limit", "must be above 0"));
+        }
+        let names = self.validate_upstreams()?;
+        self.validate_tenants(&names)
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         if self.server.max_body_bytes == 0 {
             return Err(config_err("server.max_body_bytes", "must be above 0"));
@@ -512,6 +479,10 @@ impl Config {
                 "must be above 0",
             ));
         }
+        Ok(())
+    }
+
+    fn validate_profile_store(&self) -> Result<(), ConfigError> {
         match self.profiles.backend {
             StoreBackend::Sqlite if self.profiles.database.trim().is_empty() => {
                 return Err(config_err("profiles.database", "must name a file"));
@@ -521,26 +492,21 @@ impl Config {
                 self.profiles.postgres_url()?;
             }
         }
-        for (f, v) in [
-            ("models.encoder_queue", self.models.encoder_queue),
-            ("models.encoder_max_batch", self.models.encoder_max_batch),
-            ("models.max_text_chars", self.models.max_text_chars),
-            ("models.max_texts", self.models.max_texts),
-        ] {
-            if v == 0 {
-                return Err(config_err(f, "must be above 0"));
-            }
-        }
-        self.limits.validate()?;
+        Ok(())
+    }
+
+    fn validate_decisions(&self) -> Result<(), ConfigError> {
         if self.decisions.queue == 0 {
             return Err(config_err("decisions.queue", "must be above 0"));
         }
         if self.decisions.max_page == 0 {
             return Err(config_err("decisions.max_page", "must be above 0"));
         }
-        self.llm.validate()?;
-        self.rewriter.validate()?;
-        self.enforce.validate()?;
+        Ok(())
+    }
+
+    /// A remote rewriter names an openai-kind upstream.
+    fn validate_remote_rewriter(&self) -> Result<(), ConfigError> {
         if let RewriterBackend::Remote = self.rewriter.backend {
             match self
                 .upstreams
@@ -562,9 +528,11 @@ impl Config {
                 }
             }
         }
-        if self.profiles.history_limit == 0 {
-            return Err(config_err("profiles.history_limit", "must be above 0"));
-        }
+        Ok(())
+    }
+
+    /// The upstreams; their names.
+    fn validate_upstreams(&self) -> Result<HashSet<&str>, ConfigError> {
         if self.upstreams.is_empty() {
             return Err(config_err(
                 "upstreams",
@@ -630,6 +598,11 @@ impl Config {
                 }
             }
         }
+        Ok(names)
+    }
+
+    /// The tenants, whose upstreams must be among `names`.
+    fn validate_tenants(&self, names: &HashSet<&str>) -> Result<(), ConfigError> {
         let mut tenant_ids = HashSet::new();
         let mut key_hashes = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {

@@ -193,10 +193,11 @@ impl DecisionLog {
         queue: usize,
         retention_days: u64,
         stats: DecisionStats,
+        background: &crate::background::Background,
     ) -> Arc<Self> {
         let (tx, mut rx) = mpsc::channel::<DecisionRecord>(queue.max(1));
         let writer_stats = stats.clone();
-        tokio::spawn(async move {
+        background.spawn("decision log writer", async move {
             let mut purge = tokio::time::interval(std::time::Duration::from_secs(3600));
             let mut batch = Vec::with_capacity(BATCH);
             loop {
@@ -352,7 +353,8 @@ mod tests {
             gate: std::sync::Mutex::new(()),
         });
         let stats = DecisionStats::default();
-        let log = DecisionLog::start(store.clone(), 2, 0, stats.clone());
+        let background = crate::background::Background::default();
+        let log = DecisionLog::start(store.clone(), 2, 0, stats.clone(), &background);
         let p = profile(json!({}));
         let held = store.gate.lock().unwrap();
         let started = std::time::Instant::now();

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use std::time::Duration;
 
+use crate::models::error::{ErrorKind as ModelErrorKind, ModelError};
+
 /// What went wrong; each kind has exactly one status and one OpenAI error `type`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -208,6 +210,50 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// The one place where the model-side layers' errors become API errors.
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> Self {
+        let kind = match e.kind {
+            ModelErrorKind::InvalidRequest => ErrorKind::InvalidRequest,
+            ModelErrorKind::Unprocessable => ErrorKind::Unprocessable,
+            ModelErrorKind::Overloaded => ErrorKind::Overloaded,
+            ModelErrorKind::Unavailable => ErrorKind::Unavailable,
+            ModelErrorKind::BadGateway => ErrorKind::BadGateway,
+            ModelErrorKind::Timeout => ErrorKind::GatewayTimeout,
+            ModelErrorKind::Internal => ErrorKind::Internal,
+        };
+        Self {
+            kind,
+            message: e.message,
+            param: e.param,
+            code_override: None,
+        }
+    }
+}
+
+impl ApiError {
+    /// The other way, for an upstream's failure handed to a model-side caller (the remote
+    /// rewriter): [`From<ModelError>`] gives the same status back.
+    pub fn into_model_error(self) -> ModelError {
+        let kind = match self.kind {
+            ErrorKind::InvalidJson | ErrorKind::InvalidRequest => ModelErrorKind::InvalidRequest,
+            ErrorKind::Unprocessable => ModelErrorKind::Unprocessable,
+            ErrorKind::RateLimited { .. } | ErrorKind::TenantBusy | ErrorKind::Overloaded => {
+                ModelErrorKind::Overloaded
+            }
+            ErrorKind::Unavailable => ModelErrorKind::Unavailable,
+            ErrorKind::BadGateway => ModelErrorKind::BadGateway,
+            ErrorKind::GatewayTimeout => ModelErrorKind::Timeout,
+            _ => ModelErrorKind::Internal,
+        };
+        ModelError {
+            kind,
+            message: self.message,
+            param: self.param,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut headers = HeaderMap::new();
@@ -231,12 +277,12 @@ pub struct ErrorCode(pub &'static str);
 /// True when `body` already is an OpenAI error object, so it can be passed through as it is.
 pub fn is_openai_error_body(body: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "only the shape is checked")]
     struct Shape {
         error: ShapeInner,
     }
     #[derive(serde::Deserialize)]
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "only the shape is checked")]
     struct ShapeInner {
         message: String,
     }

@@ -111,7 +111,11 @@ impl Limits {
 
     /// From `[limits]`; with `backend = "redis"` the connection is made lazily, so a proxy
     /// starts (on its own limits) while Redis is down. Needs a Tokio runtime.
-    pub fn from_config(config: &LimitsConfig, fallbacks: Counter) -> anyhow::Result<Self> {
+    pub fn from_config(
+        config: &LimitsConfig,
+        fallbacks: Counter,
+        background: &crate::background::Background,
+    ) -> anyhow::Result<Self> {
         if config.backend == LimitsBackend::Local {
             return Ok(Self::local());
         }
@@ -128,7 +132,7 @@ impl Limits {
             .map_err(|e| anyhow::anyhow!("limits.url: {e}"))?;
         let (release, mut releases) = mpsc::unbounded_channel::<(String, String)>();
         let mut releaser = conn.clone();
-        tokio::spawn(async move {
+        background.spawn("redis lease releases", async move {
             while let Some((key, id)) = releases.recv().await {
                 let done: redis::RedisResult<i64> = redis::cmd("ZREM")
                     .arg(&key)

@@ -6,7 +6,13 @@
 //! land in `$VISA_SCREENSHOTS` (default: `console-screenshots` in cargo's target directory).
 //! Needs `bash scripts/setup-browser.sh` (Chromium and playwright-core; `.ci/run` runs it).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 mod support;
 

@@ -9,7 +9,13 @@
 //! the value-laden sentence's score and the others'), so the tests check the editor's behaviour
 //! and not one detector's numbers; each test first asserts that precondition.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 mod support;
 
@@ -1080,6 +1086,93 @@ async fn logged(proxy: &Proxy, n: usize) -> Vec<Value> {
         assert!(Instant::now() < deadline, "{n} decisions not logged: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Decisions still queued when SIGTERM arrives are written before the process exits: the
+/// writer is background work that shutdown waits for, and a restarted proxy on the same store
+/// lists every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_still_queued_at_shutdown_are_written_before_exit() {
+    let mock = MockUpstream::start().await;
+    let cfg = config(&mock, "", "");
+    let mut proxy = Proxy::start(&cfg, &[("VISA_ADMIN_KEY", ADMIN)]);
+    let mut profile = keep_low(&proxy, "power", POWER, &[NEUTRAL_1, NEUTRAL_2, NEUTRAL_3]).await;
+    profile["log_decisions"] = json!("all");
+    set_profile(&proxy, profile).await;
+    // SIGTERM while answers are being enforced: those in flight finish (graceful shutdown), and
+    // the decisions they queue last are what a process that exits at once would lose.
+    const N: usize = 48;
+    let first = std::sync::atomic::AtomicUsize::new(0);
+    let first = &first;
+    let send = |i: usize| {
+        let body = answer_body(if i.is_multiple_of(2) {
+            NEUTRAL_1
+        } else {
+            NEUTRAL_2
+        });
+        let url = proxy.url("/v1/chat/completions");
+        async move {
+            let r = client()
+                .post(url)
+                .bearer_auth("sk-acme")
+                .json(&body)
+                .send()
+                .await
+                .ok()?;
+            let passed = r
+                .headers()
+                .get("x-visa-action")
+                .map(|v| v.as_bytes() == b"passed");
+            let ok = r.status() == 200 && r.bytes().await.is_ok();
+            first.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ok.then_some(passed)
+        }
+    };
+    let (answers, ()) = tokio::join!(futures_util::future::join_all((0..N).map(send)), async {
+        // Once the first answer is back, the others are queued or being enforced.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while first.load(std::sync::atomic::Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        proxy.terminate();
+    });
+    let answered: Vec<bool> = answers
+        .into_iter()
+        .flatten()
+        .map(|p| p == Some(true))
+        .collect();
+    assert!(!answered.is_empty(), "no answer before the shutdown");
+    assert!(answered.iter().all(|p| *p), "{answered:?}");
+    let status = proxy.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit: {status:?}\n{}",
+        proxy.stderr()
+    );
+    assert!(
+        proxy.stderr().contains("background work drained"),
+        "{}",
+        proxy.stderr()
+    );
+    let db = proxy.dir.path().join("profiles.sqlite");
+    let again = Proxy::start(
+        &cfg,
+        &[
+            ("VISA_ADMIN_KEY", ADMIN),
+            ("VISA_PROFILES_DB", db.to_str().unwrap()),
+        ],
+    );
+    let (status, v) = decisions(&again, "sk-acme", "?limit=100").await;
+    assert_eq!(status, 200, "{v}");
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(
+        data.len(),
+        answered.len(),
+        "decisions lost at shutdown: {} logged, {} answered",
+        data.len(),
+        answered.len()
+    );
+    assert!(data.iter().all(|d| d["action"] == "passed"), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,13 @@
 //! rewrite / block on JSON and streams, the shield's fallback, no leaks from streams,
 //! cancellation, /v1/values/rewrite, and the official openai SDK reading a rewritten stream.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 mod support;
 

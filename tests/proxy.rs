@@ -1,7 +1,13 @@
 //! Integration tests of the proxy foundation: the real binary on a random port in front of a
 //! real mock upstream, driven over HTTP.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 mod support;
 

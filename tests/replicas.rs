@@ -1,7 +1,13 @@
 //! Several replicas on one PostgreSQL profile store: two real proxy processes, one real
 //! PostgreSQL server (`.ci/run` starts it; `VISA_TEST_POSTGRES` names it), driven over HTTP.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 mod support;
 

@@ -3,7 +3,13 @@
 //! adapter (`[llm] adapter`), and its token log-probabilities differ from the base's; `eval-rewriter` compares the base and the adapter on
 //! the same held-out items. The same for the sentence editor's task (`--task edit`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 mod support;
 

@@ -12,7 +12,13 @@
 //! in flight, every upstream stream was ended, and the proxy's open files, threads and memory
 //! are back near where they were (it prints RSS before and after).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 mod support;
 

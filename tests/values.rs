@@ -1,7 +1,13 @@
 //! Integration tests of value profiles, the detector and the translator through the running
 //! proxy with the real encoder and the committed detector head.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 mod support;
 

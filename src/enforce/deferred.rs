@@ -33,11 +33,15 @@ pub fn draw() -> f64 {
 
 /// Start the task that measures what the queue holds (needs a Tokio runtime). It holds the
 /// enforcer weakly, so that it ends when the enforcer (and with it the sender) goes.
-pub fn spawn(enforcer: Weak<Enforcer>, mut rx: mpsc::Receiver<Sampled>) {
+pub fn spawn(
+    enforcer: Weak<Enforcer>,
+    mut rx: mpsc::Receiver<Sampled>,
+    background: &crate::background::Background,
+) {
     // One at a time: measured on this 2-core machine, 4 at once measured no more samples
     // per second (174 against 165 in 4 s at c=16) and cost the fast path a third of its
     // throughput; the encoder is the bound either way.
-    tokio::spawn(async move {
+    background.spawn("deferred audits", async move {
         while let Some(job) = rx.recv().await {
             let Some(enforcer) = enforcer.upgrade() else {
                 break;

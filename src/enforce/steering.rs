@@ -3,6 +3,8 @@
 //! begin with and enforcement has less to do; and `visa-proxy eval-steering`, which measures
 //! how many answers of the local upstream need an edit with and without it.
 
+#![expect(clippy::print_stdout, reason = "`eval-steering` prints its report")]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

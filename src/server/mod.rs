@@ -26,15 +26,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::background::Background;
 use crate::config::Config;
 use crate::config::RewriterBackend;
-use crate::detector::{Detector, Head, ValueDetector};
 use crate::enforce::{EnforceStage, Enforcer};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
-use crate::models::encoder::{EncoderFiles, SentenceEncoder};
 use crate::models::llm::LlmEngine;
-use crate::models::service::EncoderService;
 use crate::rewriter::{RewriteBackend, Rewriter};
 use crate::score::Scorer;
 use crate::stage::ResponseStage;
@@ -42,8 +40,10 @@ use crate::store::Profiles;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::tenants::TenantRegistry;
-use crate::translator::{Translation, Translator};
+use crate::translator::Translation;
 use crate::upstream::Upstreams;
+
+pub use visa_core::value_models::ValueModels;
 
 /// Everything handlers share, behind one `Arc`: the router's layers clone the state on every
 /// request, and one reference count costs less than one per field (measured under load: the
@@ -79,6 +79,9 @@ pub struct Shared {
     pub llm: Option<Arc<LlmEngine>>,
     /// Enforcement (profiles, scorer, rewriter); also the response stage.
     pub enforcer: Arc<Enforcer>,
+    /// The background tasks (decision writer, deferred audits, lease releases), drained at
+    /// shutdown.
+    pub background: Arc<Background>,
     /// When the state was built (the proxy's uptime in `/v1/stats`).
     pub started: std::time::Instant,
     /// The last readiness probe: when, ready, each upstream's outcome.
@@ -91,97 +94,6 @@ pub type ReadyProbe = (
     bool,
     serde_json::Map<String, serde_json::Value>,
 );
-
-/// The encoder service and what is built on it.
-pub struct ValueModels {
-    /// The encoder with the detector's fine-tuned top layers (values).
-    pub encoder: Arc<EncoderService>,
-    /// The base encoder, for semantic similarity: the fine-tuned layers were trained to tell
-    /// values apart, which is what a similarity between a text and its rewrite must ignore.
-    pub semantic: Arc<EncoderService>,
-    pub detector: Arc<dyn ValueDetector>,
-    pub translator: Translator,
-}
-
-impl ValueModels {
-    /// Load the encoder and head, start the encoder thread, embed the translator's value
-    /// descriptions.
-    pub async fn load(
-        config: &crate::config::ModelsConfig,
-        stats: crate::models::service::ServiceStats,
-    ) -> anyhow::Result<Self> {
-        let files = EncoderFiles::new(&config.encoder_dir);
-        let head_path = std::path::Path::new(&config.detector_head);
-        let head =
-            Head::load(head_path).map_err(|e| anyhow::anyhow!("models.detector_head: {e}"))?;
-        // The head's fine-tuned encoder layers, when it has them (HEAD.encoder.safetensors).
-        let delta = crate::detector::train::delta_path(head_path);
-        let delta = delta.exists().then_some(delta);
-        let semantic_files = files.clone();
-        let encoder = tokio::task::spawn_blocking(move || {
-            SentenceEncoder::load_with_delta(
-                &files,
-                delta.as_deref(),
-                crate::detector::train::MAX_TOKENS,
-            )
-        })
-        .await?
-        .map_err(|e| anyhow::anyhow!("models.encoder_dir: {e}"))?;
-        anyhow::ensure!(
-            encoder.bert.config.hidden_size == head.dim(),
-            "models.detector_head: the head expects {}-dimensional embeddings, the encoder makes {}",
-            head.dim(),
-            encoder.bert.config.hidden_size
-        );
-        let encoder = Arc::new(EncoderService::start(
-            encoder,
-            config.encoder_queue,
-            config.encoder_max_batch,
-            stats.clone(),
-        )?);
-        let base = tokio::task::spawn_blocking(move || {
-            SentenceEncoder::load(&semantic_files, crate::detector::train::MAX_TOKENS)
-        })
-        .await?
-        .map_err(|e| anyhow::anyhow!("models.encoder_dir: {e}"))?;
-        let semantic = Arc::new(EncoderService::start(
-            base,
-            config.encoder_queue,
-            config.encoder_max_batch,
-            stats,
-        )?);
-        let translator = Translator::new(encoder.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("translator: {}", e.message))?;
-        // The head's value gate, when it has one (HEAD.gate.safetensors).
-        let gate_file = crate::detector::train::gate_path(head_path);
-        let gate = if gate_file.exists() && !config.detector_calibration.is_empty() {
-            Some(
-                crate::detector::gate::Gate::load(&gate_file)
-                    .map_err(|e| anyhow::anyhow!("models.detector_head: {e}"))?,
-            )
-        } else {
-            None
-        };
-        let calibration = if config.detector_calibration.is_empty() {
-            crate::detector::Calibration::identity()
-        } else {
-            crate::detector::Calibration::load(std::path::Path::new(&config.detector_calibration))
-                .map_err(|e| anyhow::anyhow!("models.detector_calibration: {e}"))?
-        };
-        Ok(Self {
-            detector: Arc::new(Detector {
-                encoder: encoder.clone(),
-                head,
-                gate,
-                calibration,
-            }),
-            encoder,
-            semantic,
-            translator,
-        })
-    }
-}
 
 /// Open the configured profile store and load every current profile (blocking).
 pub fn open_profiles(config: &crate::config::ProfilesConfig) -> anyhow::Result<Profiles> {
@@ -276,6 +188,7 @@ impl AppState {
                 None
             }
         };
+        let background = Arc::new(Background::default());
         let (deferred, deferred_rx) = crate::enforce::deferred::queue();
         let enforcer = Arc::new(Enforcer {
             profiles: profiles.clone(),
@@ -293,15 +206,18 @@ impl AppState {
                     config.decisions.queue,
                     config.decisions.retention_days,
                     metrics.decisions.clone(),
+                    &background,
                 )
             }),
         });
-        crate::enforce::deferred::spawn(Arc::downgrade(&enforcer), deferred_rx);
+        crate::enforce::deferred::spawn(Arc::downgrade(&enforcer), deferred_rx, &background);
         let limits = Arc::new(crate::limits::Limits::from_config(
             &config.limits,
             metrics.limits_fallback.clone(),
+            &background,
         )?);
         Ok(Self(Arc::new(Shared {
+            background,
             limits,
             stage: Arc::new(EnforceStage(enforcer.clone())),
             enforcer,
@@ -331,12 +247,33 @@ impl AppState {
     }
 
     pub async fn translate(&self, instruction: &str) -> Result<Translation, ApiError> {
-        self.models()?.translator.translate(instruction).await
+        Ok(self.models()?.translator.translate(instruction).await?)
     }
 }
 
-/// Serve until `shutdown` fires, then let in-flight requests finish for up to `grace`.
+/// Serve until `shutdown` fires, then let in-flight requests finish for up to `grace`, then let
+/// the background work drain its queues (decisions still to be written, leases to release) for
+/// up to `grace` again.
 pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let background = state.background.clone();
+    let result = serve_requests(state, listener, shutdown, grace).await;
+    // The server and with it every clone of the state are gone, so the queues' senders are
+    // dropped and each task ends once it has handled what its queue still holds.
+    let left = background.drain(grace).await;
+    if left.is_empty() {
+        tracing::info!("background work drained");
+    } else {
+        tracing::warn!(tasks = ?left, "grace period over; background work stopped before it drained");
+    }
+    result
+}
+
+async fn serve_requests(
     state: AppState,
     listener: TcpListener,
     shutdown: CancellationToken,

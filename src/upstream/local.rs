@@ -276,7 +276,13 @@ impl LocalUpstream {
         })
     }
 
-    pub async fn chat_stream(&self, call: ChatCall) -> Result<StreamReply, UpstreamError> {
+    /// Starts the generations at once (no await needed: the first event arrives through the
+    /// stream).
+    #[expect(
+        clippy::result_large_err,
+        reason = "the HTTP upstream's error type, which callers handle alike"
+    )]
+    pub fn chat_stream(&self, call: ChatCall) -> Result<StreamReply, UpstreamError> {
         let req = self.parse(&call)?;
         let generations = (0..req.n)
             .map(|_| {
@@ -335,7 +341,7 @@ impl LocalUpstream {
                             json!([{"index": i, "delta": {}, "finish_reason": finish_reason}]), None));
                     }
                     Some((_, Err(e))) => {
-                        yield Err(e);
+                        yield Err(ApiError::from(e));
                         break;
                     }
                     None => {

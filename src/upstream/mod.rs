@@ -63,6 +63,12 @@ impl From<ApiError> for UpstreamError {
     }
 }
 
+impl From<crate::models::error::ModelError> for UpstreamError {
+    fn from(e: crate::models::error::ModelError) -> Self {
+        Self::Api(e.into())
+    }
+}
+
 impl IntoResponse for UpstreamError {
     fn into_response(self) -> Response {
         match self {
@@ -113,7 +119,7 @@ impl Upstream {
     pub async fn chat_stream(&self, call: ChatCall) -> Result<StreamReply, UpstreamError> {
         match self {
             Self::Http(u) => u.chat_stream(call).await,
-            Self::Local(u) => u.chat_stream(call).await,
+            Self::Local(u) => u.chat_stream(call),
         }
     }
 
@@ -124,7 +130,7 @@ impl Upstream {
             Self::Http(u) => u.chat_stream_raw(call).await,
             Self::Local(u) => {
                 use futures_util::StreamExt;
-                let reply = u.chat_stream(call).await?;
+                let reply = u.chat_stream(call)?;
                 Ok(RawStreamReply {
                     headers: reply.headers,
                     first: sse::encode(&Ok(reply.first)),
@@ -150,6 +156,38 @@ impl Upstream {
             Self::Http(u) => u.probe().await,
             Self::Local(_) => Ok(()),
         }
+    }
+}
+
+/// The remote rewriter (`[rewriter] backend = "remote"`) asks an upstream for candidates through
+/// this: `visa-core` knows no HTTP.
+impl visa_core::rewriter::ChatEndpoint for Upstream {
+    fn name(&self) -> &str {
+        Upstream::name(self)
+    }
+
+    fn chat(
+        &self,
+        body: Bytes,
+    ) -> futures_util::future::BoxFuture<'_, Result<Bytes, crate::models::error::ModelError>> {
+        Box::pin(async move {
+            let call = ChatCall {
+                body,
+                stream: false,
+                request_id: format!("rewrite-{}", uuid::Uuid::new_v4().simple()),
+                timer: UpstreamTimer::default(),
+            };
+            match self.chat_json(call).await {
+                Ok(reply) => Ok(reply.body),
+                Err(UpstreamError::Api(e)) => Err(e.into_model_error()),
+                Err(UpstreamError::Passthrough { status, body, .. }) => {
+                    Err(crate::models::error::ModelError::bad_gateway(format!(
+                        "the remote rewriter answered {status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(300)])
+                    )))
+                }
+            }
+        })
     }
 }
 
