@@ -753,6 +753,8 @@ async fn detect_scores_values_and_validates_input() {
         (json!({"texts": ["ok", 3]}), 422, "texts[1]"),
         (json!({"text": "x".repeat(20_001)}), 400, "text"),
         (json!({"txt": "x"}), 422, "txt"),
+        (json!({"text": "ok", "extra": true}), 422, "extra"),
+        (json!({"texts": "not a list"}), 422, "texts"),
     ] {
         let (s, e) = call(
             &p,

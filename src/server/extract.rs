@@ -25,6 +25,60 @@ where
     }
 }
 
+/// A body deserialized into its typed request struct (the same type is the operation's OpenAPI
+/// schema; unknown fields are rejected by `#[serde(deny_unknown_fields)]` on it). Bytes that are
+/// not JSON get [`JsonBody`]'s 400; JSON of the wrong shape a 422 whose `param` names the field
+/// (`texts[1]`, `profile`, or the unknown or missing field's name).
+pub struct TypedBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for TypedBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let JsonBody(value) = JsonBody::<serde_json::Value>::from_request(req, state).await?;
+        // serde would also read a struct from an array of its fields.
+        if !value.is_object() {
+            return Err(ApiError::new(
+                ErrorKind::Unprocessable,
+                "The request body must be a JSON object.",
+            ));
+        }
+        serde_path_to_error::deserialize(value)
+            .map(TypedBody)
+            .map_err(|e| shape_error(&e.path().to_string(), &e.into_inner().to_string()))
+    }
+}
+
+/// A 422 for JSON of the wrong shape at `path` (`.` for the body itself).
+fn shape_error(path: &str, message: &str) -> ApiError {
+    // The path of an unknown field ends with it; a missing field is named (in backquotes) in
+    // the message, at the path of the object that lacks it.
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    let param = match (path, missing) {
+        (".", Some(field)) => Some(field.to_owned()),
+        (p, Some(field)) => Some(format!("{p}.{field}")),
+        (".", None) => None,
+        (p, None) => Some(p.to_owned()),
+    };
+    let e = ApiError::new(
+        ErrorKind::Unprocessable,
+        match &param {
+            Some(p) => format!("'{p}': {message}"),
+            None => format!("The request body has the wrong shape: {message}"),
+        },
+    );
+    match param {
+        Some(p) => e.with_param(p),
+        None => e,
+    }
+}
+
 /// The body's bytes, unparsed, with [`JsonBody`]'s rejections for size and read errors: for
 /// handlers that read a few fields and forward the rest as it came.
 pub struct RawBody(pub Bytes);
@@ -150,5 +204,57 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IfMatch {
                 .with_param("If-Match")
                 .with_code("invalid_if_match")
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "only the shape is checked")]
+    struct Shape {
+        name: String,
+        items: Option<Vec<String>>,
+        inner: Option<Inner>,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "only the shape is checked")]
+    struct Inner {
+        n: u32,
+    }
+
+    fn param_of(v: serde_json::Value) -> Option<String> {
+        let e = serde_path_to_error::deserialize::<_, Shape>(v).unwrap_err();
+        let e = shape_error(&e.path().to_string(), &e.into_inner().to_string());
+        assert_eq!(e.kind, ErrorKind::Unprocessable);
+        e.param
+    }
+
+    #[test]
+    fn shape_errors_name_the_field() {
+        use serde_json::json;
+        assert_eq!(param_of(json!({})).as_deref(), Some("name"));
+        assert_eq!(param_of(json!({"name": 1})).as_deref(), Some("name"));
+        assert_eq!(
+            param_of(json!({"name": "a", "nmae": 1})).as_deref(),
+            Some("nmae")
+        );
+        assert_eq!(
+            param_of(json!({"name": "a", "items": ["x", 2]})).as_deref(),
+            Some("items[1]")
+        );
+        assert_eq!(
+            param_of(json!({"name": "a", "inner": {"m": 1}})).as_deref(),
+            Some("inner.m")
+        );
+        assert_eq!(
+            param_of(json!({"name": "a", "inner": {"n": "x"}})).as_deref(),
+            Some("inner.n")
+        );
+        assert_eq!(param_of(json!("a")), None);
     }
 }

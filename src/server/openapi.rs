@@ -139,7 +139,9 @@ impl Modify for SecuritySchemes {
         crate::values::Profile, crate::values::ValueTarget, crate::values::Action, crate::values::Fallback,
         crate::values::StreamMode, crate::values::ValueId, crate::values::ValueVector,
         crate::values::profile::LogDecisions, crate::values::profile::LogText,
-        crate::decisions::DecisionRecord, crate::decisions::DecisionText)),
+        crate::decisions::DecisionRecord, crate::decisions::DecisionText,
+        crate::server::values::DetectRequest, crate::server::values::TranslateRequest,
+        crate::server::rewrite::RewriteRequest)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "chat", description = "OpenAI-compatible endpoints"),

@@ -6,11 +6,12 @@ use std::time::Instant;
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Caller;
-use super::extract::JsonBody;
+use super::extract::TypedBody;
 use crate::config::RewriteMode;
 use crate::edit::{EditRequest, Editor, Scope};
 use crate::enforce::{REFUSAL, VisaAction};
@@ -22,26 +23,15 @@ fn unprocessable(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::Unprocessable, message).with_param(param)
 }
 
-fn string_field(
-    body: &serde_json::Map<String, Value>,
-    f: &str,
-) -> Result<Option<String>, ApiError> {
-    match body.get(f) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(unprocessable(f, format!("'{f}' must be a string"))),
-    }
-}
-
 /// The profile the request names: inline, a tenant's (admin, or the caller itself), or the
 /// caller's own.
 fn profile_of(
     state: &AppState,
     caller: &Caller,
-    body: &serde_json::Map<String, Value>,
+    body: &RewriteRequest,
 ) -> Result<std::sync::Arc<Profile>, ApiError> {
-    let tenant_id = string_field(body, "tenant_id")?;
-    match (body.get("profile"), tenant_id) {
+    let tenant_id = body.tenant_id.clone();
+    match (body.profile.as_ref(), tenant_id) {
         (Some(_), Some(_)) => Err(ApiError::invalid_request(
             "send 'profile' or 'tenant_id', not both",
         )
@@ -86,9 +76,25 @@ fn profile_of(
     }
 }
 
+/// `POST /v1/values/rewrite`: a text and the profile to enforce on it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"text": "Buy the premium plan to show everyone you are ahead.", "profile": {"values": {"power": {"target": 0.1, "tolerance": 0.1}, "benevolence": {"target": 0.8}}, "action": "rewrite"}}))]
+pub struct RewriteRequest {
+    /// The text to enforce the profile on; at most `rewriter.max_text_chars` characters.
+    pub text: String,
+    /// The request the text answers, when there is one (it shapes the rewrite's prompt).
+    pub context: Option<String>,
+    /// An inline profile (as `PUT /v1/profile` takes it); send this, `tenant_id`, or neither
+    /// (the calling tenant's own).
+    #[schema(value_type = Option<Object>)]
+    pub profile: Option<Value>,
+    /// A tenant whose profile to use (the admin; a tenant may name only itself).
+    pub tenant_id: Option<String>,
+}
+
 #[utoipa::path(post, path = "/v1/values/rewrite", tag = "values",
-    request_body(content = Object, description = "`text` (required), `context` (the request the text answers, optional), and the profile: `profile` (inline), `tenant_id` (admin; a tenant may name only itself), or neither (the calling tenant's own).",
-        example = json!({"text": "Buy the premium plan to show everyone you are ahead.", "profile": {"values": {"power": {"target": 0.1, "tolerance": 0.1}, "benevolence": {"target": 0.8}}, "action": "rewrite"}})),
+    request_body(content = RewriteRequest, description = "`text` (required), `context` (the request the text answers, optional), and the profile: `profile` (inline), `tenant_id` (admin; a tenant may name only itself), or neither (the calling tenant's own)."),
     responses(
         (status = 200, description = "What the proxy would do with this text under the profile (`decision`: `passed`, `rewritten`, `fallback`, `blocked`) and the text it would return. With `[rewriter] mode = \"edits\"` (the default, `mode: \"edits\"`): the original's scores, the edited text's (`after`: fit, similarity, facts, integrity), the edits made (`edits`: kind, source, sentence, byte range, original and new text, values moved, why), every edit site with its candidates and why each passed or not (`sites`), the edited text even when the shield refused it (`assembled`), the budget and timings. With `mode = \"whole\"`: every whole-text candidate with its scores or why it was rejected, and the best one (`best`)", body = Object,
             example = json!({"decision":"rewritten","text":"Choose the premium plan if it helps you care for the people around you.","reason":null,"original":{"values":{"power":0.71},"distance":0.83,"cosine":0.4,"precision":0.2,"within_tolerance":false},"candidates":[{"text":"...","score":{"fit":{"distance":0.35},"similarity":0.81,"facts":{"total":0,"kept":0,"missing":[]},"integrity":0.81,"progress":0.58,"reward":0.69}}],"best":0,"timing":{"generate_ms":2100.0,"score_ms":180.0,"total_ms":2400.0}})),
@@ -104,23 +110,13 @@ fn profile_of(
 pub async fn rewrite(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    JsonBody(body): JsonBody<Value>,
+    TypedBody(body): TypedBody<RewriteRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    let obj = body
-        .as_object()
-        .ok_or_else(|| unprocessable("text", "the body must be an object"))?;
-    for k in obj.keys() {
-        if !matches!(k.as_str(), "text" | "context" | "profile" | "tenant_id") {
-            return Err(unprocessable(
-                k,
-                format!("unknown field '{k}'; send text, context, profile or tenant_id"),
-            ));
-        }
+    if body.text.trim().is_empty() {
+        return Err(unprocessable("text", "'text' must not be empty"));
     }
-    let text = string_field(obj, "text")?
-        .filter(|t| !t.trim().is_empty())
-        .ok_or_else(|| unprocessable("text", "'text' is required and must not be empty"))?;
+    let text = body.text.clone();
     let limit = state.config.rewriter.max_text_chars;
     if text.chars().count() > limit {
         return Err(
@@ -129,8 +125,8 @@ pub async fn rewrite(
                 .with_code("text_too_long"),
         );
     }
-    let context = string_field(obj, "context")?;
-    let profile = profile_of(&state, &caller, obj)?;
+    let context = body.context.clone();
+    let profile = profile_of(&state, &caller, &body)?;
     if let (Some(editor), RewriteMode::Edits) = (&state.enforcer.editor, state.enforcer.mode) {
         return edits(&state, editor, &profile, &text, context.as_deref(), started).await;
     }

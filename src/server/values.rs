@@ -6,11 +6,12 @@ use std::time::Instant;
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Caller;
-use super::extract::JsonBody;
+use super::extract::TypedBody;
 use crate::error::{ApiError, ErrorKind};
 use crate::values::profile::ProfileSpec;
 
@@ -18,21 +19,21 @@ fn unprocessable(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::Unprocessable, message).with_param(param)
 }
 
+/// `POST /v1/values/detect`: one text or several.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"text": "We must protect the vulnerable and treat everyone fairly."}))]
+pub struct DetectRequest {
+    /// One text (send this or `texts`); at most `models.max_text_chars` characters.
+    pub text: Option<String>,
+    /// Several texts, at most `models.max_texts`, each as `text`.
+    pub texts: Option<Vec<String>>,
+}
+
 /// `text` or `texts`, checked against the configured limits.
-fn texts_of(state: &AppState, body: &Value) -> Result<(Vec<String>, bool), ApiError> {
-    let obj = body.as_object().ok_or_else(|| {
-        unprocessable("text", "the body must be an object with 'text' or 'texts'")
-    })?;
-    for k in obj.keys() {
-        if k != "text" && k != "texts" {
-            return Err(unprocessable(
-                k,
-                format!("unknown field '{k}'; send 'text' or 'texts'"),
-            ));
-        }
-    }
+fn texts_of(state: &AppState, body: DetectRequest) -> Result<Vec<String>, ApiError> {
     let limit = state.config.models.max_text_chars;
-    let check = |t: &str, param: &str| -> Result<String, ApiError> {
+    let check = |t: String, param: &str| -> Result<String, ApiError> {
         if t.trim().is_empty() {
             return Err(unprocessable(param, format!("'{param}' must not be empty")));
         }
@@ -44,15 +45,14 @@ fn texts_of(state: &AppState, body: &Value) -> Result<(Vec<String>, bool), ApiEr
             .with_param(param)
             .with_code("text_too_long"));
         }
-        Ok(t.to_owned())
+        Ok(t)
     };
-    match (obj.get("text"), obj.get("texts")) {
+    match (body.text, body.texts) {
         (Some(_), Some(_)) => {
             Err(ApiError::invalid_request("send 'text' or 'texts', not both").with_param("texts"))
         }
-        (Some(Value::String(t)), None) => Ok((vec![check(t, "text")?], true)),
-        (Some(_), None) => Err(unprocessable("text", "'text' must be a string")),
-        (None, Some(Value::Array(items))) => {
+        (Some(t), None) => Ok(vec![check(t, "text")?]),
+        (None, Some(items)) => {
             if items.is_empty() {
                 return Err(unprocessable(
                     "texts",
@@ -67,28 +67,17 @@ fn texts_of(state: &AppState, body: &Value) -> Result<(Vec<String>, bool), ApiEr
                 .with_param("texts"));
             }
             items
-                .iter()
+                .into_iter()
                 .enumerate()
-                .map(|(i, t)| {
-                    let param = format!("texts[{i}]");
-                    t.as_str()
-                        .ok_or_else(|| unprocessable(&param, format!("'{param}' must be a string")))
-                        .and_then(|s| check(s, &param))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(|v| (v, false))
+                .map(|(i, t)| check(t, &format!("texts[{i}]")))
+                .collect()
         }
-        (None, Some(_)) => Err(unprocessable(
-            "texts",
-            "'texts' must be an array of strings",
-        )),
         (None, None) => Err(ApiError::invalid_request("send 'text' or 'texts'").with_param("text")),
     }
 }
 
 #[utoipa::path(post, path = "/v1/values/detect", tag = "values",
-    request_body(content = Object, description = "`{\"text\": \"...\"}` or `{\"texts\": [\"...\", ...]}`",
-        example = json!({"text": "We must protect the vulnerable and treat everyone fairly."})),
+    request_body(content = DetectRequest, description = "`{\"text\": \"...\"}` or `{\"texts\": [\"...\", ...]}`"),
     responses(
         (status = 200, description = "A value vector per text (score in [0, 1] per value: the calibrated probability that the value is expressed; per value the maximum over the text's sentences), the values labelled present (per-category thresholds), the 20 category scores (gated), the number of sentences scored (`windows`) and each scored sentence with its byte offsets and scores (`sentences`), and timing", body = Object,
             example = json!({"object":"list","data":[{"index":0,"values":{"self_direction":0.02,"stimulation":0.01,"hedonism":0.0,"achievement":0.03,"power":0.02,"security":0.21,"conformity":0.05,"tradition":0.01,"benevolence":0.64,"universalism":0.88},"labels":["benevolence","universalism"],"windows":1}],"timing":{"queued_ms":0.1,"compute_ms":9.8,"total_ms":10.2}})),
@@ -101,10 +90,10 @@ fn texts_of(state: &AppState, body: &Value) -> Result<(Vec<String>, bool), ApiEr
     security(("bearer" = []), ("admin" = [])))]
 pub async fn detect(
     State(state): State<AppState>,
-    JsonBody(body): JsonBody<Value>,
+    TypedBody(body): TypedBody<DetectRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    let (texts, _single) = texts_of(&state, &body)?;
+    let texts = texts_of(&state, body)?;
     let models = state.models()?;
     let (detections, timing) = models.detector.detect(&texts).await?;
     let data: Vec<Value> = detections
@@ -130,9 +119,24 @@ pub async fn detect(
     })))
 }
 
+/// `POST /v1/profiles/translate`: an instruction, and what it starts from.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"instruction": "more caring, less about status"}))]
+pub struct TranslateRequest {
+    /// What to change, in words ("more caring, less about status").
+    pub instruction: String,
+    /// A profile to start from (as `PUT /v1/profile` takes it); default: the calling tenant's
+    /// own, or an empty one for the admin.
+    #[schema(value_type = Option<Object>)]
+    pub profile: Option<Value>,
+    /// A text whose detected values are the starting point for values the profile does not
+    /// constrain.
+    pub text: Option<String>,
+}
+
 #[utoipa::path(post, path = "/v1/profiles/translate", tag = "profiles",
-    request_body(content = Object, description = "`instruction` (required); optionally `profile` (a profile to start from; default: the calling tenant's own, or an empty one for the admin) and `text` (whose detected values are the starting point for values the profile does not constrain). Nothing is saved.",
-        example = json!({"instruction": "more caring, less about status"})),
+    request_body(content = TranslateRequest, description = "`instruction` (required); optionally `profile` (a profile to start from; default: the calling tenant's own, or an empty one for the admin) and `text` (whose detected values are the starting point for values the profile does not constrain). Nothing is saved."),
     responses(
         (status = 200, description = "The shifts with their evidence, and the resulting profile (not saved)", body = Object,
             example = json!({"instruction":"more caring, less about status","shifts":[{"value":"benevolence","delta":0.2,"evidence":{"phrase":"more caring","matched":"caring for others","similarity":0.71,"cue":"more"}},{"value":"power","delta":-0.2,"evidence":{"phrase":"less about status","matched":"status and prestige","similarity":0.62,"cue":"less"}}],"unmatched":[],"unrelated":false,"profile":{"values":{"benevolence":{"target":0.7,"weight":1.0,"tolerance":0.15},"power":{"target":0.3,"weight":1.0,"tolerance":0.15}},"action":"audit","fallback":"original","stream_mode":"window"}})),
@@ -146,22 +150,14 @@ pub async fn detect(
 pub async fn translate(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    JsonBody(body): JsonBody<Value>,
+    TypedBody(body): TypedBody<TranslateRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let obj = body
-        .as_object()
-        .ok_or_else(|| unprocessable("instruction", "the body must be an object"))?;
-    for k in obj.keys() {
-        if !matches!(k.as_str(), "instruction" | "profile" | "text") {
-            return Err(unprocessable(
-                k,
-                format!("unknown field '{k}'; send instruction, profile, text"),
-            ));
-        }
-    }
     let limit = state.config.models.max_text_chars;
-    for field in ["instruction", "text"] {
-        if let Some(Value::String(t)) = obj.get(field)
+    for (field, value) in [
+        ("instruction", Some(&body.instruction)),
+        ("text", body.text.as_ref()),
+    ] {
+        if let Some(t) = value
             && t.chars().count() > limit
         {
             return Err(ApiError::invalid_request(format!(
@@ -171,17 +167,8 @@ pub async fn translate(
             .with_code("text_too_long"));
         }
     }
-    let instruction = match obj.get("instruction") {
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => {
-            return Err(unprocessable(
-                "instruction",
-                "'instruction' must be a string",
-            ));
-        }
-        None => return Err(unprocessable("instruction", "'instruction' is required")),
-    };
-    let base = match obj.get("profile") {
+    let instruction = body.instruction;
+    let base = match &body.profile {
         Some(p) => ProfileSpec::from_json(p).map_err(|e| {
             let param = if e.param == "profile" {
                 e.param
@@ -200,12 +187,11 @@ pub async fn translate(
         },
     };
     let models = state.models()?;
-    let start = match obj.get("text") {
-        Some(Value::String(t)) => {
+    let start = match &body.text {
+        Some(t) => {
             let (d, _) = models.detector.detect(std::slice::from_ref(t)).await?;
             d.into_iter().next().map(|d| d.values)
         }
-        Some(_) => return Err(unprocessable("text", "'text' must be a string")),
         None => None,
     };
     let translation = models.translator.translate(&instruction).await?;
