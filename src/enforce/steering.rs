@@ -84,7 +84,7 @@ pub fn run(o: &SteerEvalOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let models = crate::server::ValueModels::load(&config.models, crate::models::service::ServiceStats::default()).await?;
+        let models = visa_core::value_models::ValueModels::load(&config.models, crate::models::service::ServiceStats::default()).await?;
         let editor = crate::edit::Editor {
             backend: None,
             scorer: crate::score::Scorer {
