@@ -4,7 +4,7 @@
 #   docker run -p 8080:8080 -e VISA_ADMIN_KEY=... visa-proxy
 
 # --- build the binary -------------------------------------------------------------------
-FROM rust:1.95-bookworm AS build
+FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 # A portable CPU level for the image (local builds use target-cpu=native via .cargo/config.toml).
 ENV RUSTFLAGS="-C target-cpu=x86-64-v3" \

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/visa-proxy-target}"
+bash scripts/ensure-toolchain.sh
 bash scripts/fetch-models.sh
 cargo build --release --bin visa-proxy
 exec "$CARGO_TARGET_DIR/release/visa-proxy" serve "$@"
