@@ -18,11 +18,11 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use visa_proxy::grpo::command::prompt_text;
 use visa_proxy::grpo::data::Item;
 use visa_proxy::grpo::llama::Llama;
 use visa_proxy::grpo::lora::LoraConfig;
 use visa_proxy::grpo::math::{Objective, group_advantages, grpo_loss};
+use visa_proxy::grpo::prompt::prompt_text;
 use visa_proxy::grpo::sample::{Rng, SampleConfig, sample_group};
 use visa_proxy::models::gguf_tokenizer::GgufTokenizer;
 use visa_proxy::values::{ValueId, ValueVector};

@@ -158,7 +158,7 @@ pub enum Command {
     /// Train the rewriter with GRPO: LoRA adapters on the base GGUF model, rewarded by the
     /// proxy's own scorer. Writes OUT/adapter.safetensors, its card OUT/adapter.json, OUT/log.jsonl
     /// and checkpoints (--resume continues; Ctrl-C stops after the current step).
-    TrainRewriter(crate::train::grpo::command::TrainOptions),
+    TrainRewriter(crate::train::grpo::options::TrainOptions),
     /// Compare rewriters (the base with the prompt only, and each --adapter) on the same
     /// held-out items: value L2/cosine to the target, distance closed, consistency, JSR,
     /// shield fallbacks, length, latency. Writes OUT/eval.md and OUT/eval.json.

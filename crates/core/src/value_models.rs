@@ -31,12 +31,10 @@ impl ValueModels {
         let head_path = std::path::Path::new(&config.detector_head);
         let head =
             Head::load(head_path).map_err(|e| anyhow::anyhow!("models.detector_head: {e}"))?;
-        // The head's fine-tuned encoder layers, when it has them (HEAD.encoder.safetensors).
-        let delta = crate::detector::delta_path(head_path);
-        let delta = delta.exists().then_some(delta);
-        let semantic_files = files.clone();
+        // With the head's fine-tuned encoder layers, when it has them (HEAD.encoder.safetensors).
+        let (encoder_dir, head_file) = (config.encoder_dir.clone(), head_path.to_path_buf());
         let encoder = tokio::task::spawn_blocking(move || {
-            SentenceEncoder::load_with_delta(&files, delta.as_deref(), crate::detector::MAX_TOKENS)
+            crate::detector::load_encoder(std::path::Path::new(&encoder_dir), &head_file)
         })
         .await?
         .map_err(|e| anyhow::anyhow!("models.encoder_dir: {e}"))?;
@@ -53,7 +51,7 @@ impl ValueModels {
             stats.clone(),
         )?);
         let base = tokio::task::spawn_blocking(move || {
-            SentenceEncoder::load(&semantic_files, crate::detector::MAX_TOKENS)
+            SentenceEncoder::load(&files, crate::detector::MAX_TOKENS)
         })
         .await?
         .map_err(|e| anyhow::anyhow!("models.encoder_dir: {e}"))?;

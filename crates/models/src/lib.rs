@@ -4,6 +4,7 @@
 
 pub mod adapter;
 pub mod approx;
+pub mod bert;
 pub mod config;
 pub mod encoder;
 pub mod error;

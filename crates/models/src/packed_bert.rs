@@ -10,7 +10,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::approx;
-use super::encoder::{Bert, LayerNorm};
+use super::bert::{Bert, LayerNorm};
 
 /// A read view of a contiguous f32 CPU tensor's data.
 struct View<'a> {
@@ -268,13 +268,13 @@ impl PackedBert {
     )]
     fn layer(
         &self,
-        layer: &super::encoder::Layer,
+        layer: &super::bert::Layer,
         packed: &PackedLayer,
         seqs: &[Vec<u32>],
         x: &mut Vec<f32>,
         buf: &mut Vec<f32>,
         inter: &mut Vec<f32>,
-        c: &super::encoder::BertConfig,
+        c: &super::bert::BertConfig,
     ) -> candle_core::Result<()> {
         let h = c.hidden_size;
         let n = x.len() / h;

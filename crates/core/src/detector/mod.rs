@@ -41,6 +41,21 @@ pub fn delta_path(head: &Path) -> PathBuf {
     head.with_extension("encoder.safetensors")
 }
 
+/// The encoder a head was trained with: the base in `encoder_dir`, plus the head's fine-tuned
+/// layers when it has them ([`delta_path`]). Serving and the training commands load it here.
+pub fn load_encoder(
+    encoder_dir: &Path,
+    head: &Path,
+) -> visa_models::encoder::Result<visa_models::encoder::SentenceEncoder> {
+    let delta = delta_path(head);
+    let delta = delta.exists().then_some(delta);
+    visa_models::encoder::SentenceEncoder::load_with_delta(
+        &visa_models::encoder::EncoderFiles::new(encoder_dir),
+        delta.as_deref(),
+        MAX_TOKENS,
+    )
+}
+
 /// The 20 value categories of Touché23-ValueEval, in the data set's column order.
 pub const CATEGORIES: [&str; 20] = [
     "Self-direction: thought",
@@ -213,7 +228,7 @@ pub fn units(text: &str) -> Vec<Sentence> {
 }
 
 /// One sentence's calibrated value scores; `start..end` are byte offsets into the text.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct SentenceScore {
     pub start: usize,
     pub end: usize,

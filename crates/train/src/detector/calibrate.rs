@@ -107,7 +107,7 @@ pub fn run(o: &CalibrateOptions) -> anyhow::Result<Calibration> {
         .into_iter()
         .partition(|t| super::train::neutral_held_out(t));
     let head = Head::load(&o.head).map_err(anyhow::Error::msg)?;
-    let encoder = super::train::load_encoder(&o.encoder_dir, &o.head)?;
+    let encoder = visa_core::detector::load_encoder(&o.encoder_dir, &o.head)?;
 
     // The gate: the head's own fit arguments (value-laden) against neutral sentences.
     let mut seen = std::collections::HashSet::new();

@@ -474,7 +474,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let items = super::data::load_split(data, split).map_err(anyhow::Error::msg)?;
     let head = Head::load(head_path).map_err(anyhow::Error::msg)?;
-    let encoder = super::train::load_encoder(encoder_dir, head_path)?;
+    let encoder = visa_core::detector::load_encoder(encoder_dir, head_path)?;
     let calibration = match calibration_path {
         Some(p) => Calibration::load(p).map_err(anyhow::Error::msg)?,
         None => Calibration::identity(),

@@ -108,7 +108,7 @@ fn fine_tune(
             vars.push((name.clone(), v));
         }
     }
-    let top = crate::models::encoder::Bert::new(
+    let top = crate::models::bert::Bert::new(
         base.bert.config.clone(),
         VarBuilder::from_tensors(tensors, DType::F32, &dev),
     )?;
@@ -154,7 +154,7 @@ fn fine_tune(
         for (k_step, &bi) in step_order.iter().enumerate() {
             let (bottom, mask, y) = &batches[bi];
             let states = top.run_layers(bottom, mask, start, n_layers, true)?;
-            let pooled = crate::models::encoder::mean_pool_normalize(&states, mask)?;
+            let pooled = crate::models::bert::mean_pool_normalize(&states, mask)?;
             let z = pooled
                 .matmul(&w.as_tensor().t()?)?
                 .broadcast_add(b.as_tensor())?;
@@ -189,17 +189,6 @@ fn fine_tune(
         thresholds: head.thresholds,
     };
     Ok((delta, new_head))
-}
-
-/// The encoder a head was trained with: the base, plus the head's fine-tuned layers if any.
-pub fn load_encoder(encoder_dir: &Path, head: &Path) -> anyhow::Result<SentenceEncoder> {
-    let delta = delta_path(head);
-    let delta = delta.exists().then_some(delta);
-    Ok(SentenceEncoder::load_with_delta(
-        &EncoderFiles::new(encoder_dir),
-        delta.as_deref(),
-        MAX_TOKENS,
-    )?)
 }
 
 /// Embeddings of `texts`, from the cache when the same encoder already embedded them.
@@ -343,7 +332,7 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<Report> {
     let started = Instant::now();
     let train = super::data::load_split(&o.data, "training").map_err(anyhow::Error::msg)?;
     let valid = super::data::load_split(&o.data, "validation").map_err(anyhow::Error::msg)?;
-    let encoder = load_encoder(&o.encoder_dir, &o.out)?;
+    let encoder = visa_core::detector::load_encoder(&o.encoder_dir, &o.out)?;
     let train_texts: Vec<&str> = train.iter().map(|a| a.text()).collect();
     let valid_texts: Vec<&str> = valid.iter().map(|a| a.text()).collect();
     let xtr = embed_cached(&encoder, &train_texts, o.cache_dir.as_deref(), "training")?;
@@ -385,7 +374,7 @@ pub fn run(o: &TrainOptions) -> anyhow::Result<Report> {
             "batch": FT_BATCH, "file": delta_file.file_name().map(|f| f.to_string_lossy().to_string()),
             "sha256": sha256_hex(&bytes), "bytes": bytes.len(), "dtype": "f16",
         });
-        let tuned_encoder = load_encoder(&o.encoder_dir, &o.out)?;
+        let tuned_encoder = visa_core::detector::load_encoder(&o.encoder_dir, &o.out)?;
         (
             embed_cached(&tuned_encoder, &train_texts, None, "training (fine-tuned)")?,
             embed_cached(

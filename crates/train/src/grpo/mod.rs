@@ -10,6 +10,8 @@ pub mod llama;
 pub mod lora;
 pub mod math;
 pub mod optim;
+pub mod options;
+pub mod prompt;
 pub mod sample;
 pub mod screening;
 pub mod skinny;

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::command::{TrainOptions, prompt_text};
 use super::data::Item;
+use super::options::TrainOptions;
+use super::prompt::prompt_text;
 use super::sample::Group;
 use super::screening::{Screened, screen_and_score};
 use super::trainer::Trainer;

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::eval::{ItemResult, JSR_CONSISTENCY, JSR_L2, STRICT_CLOSED, STRICT_CONSISTENCY};
+use super::item::{ItemResult, JSR_CONSISTENCY, JSR_L2, STRICT_CLOSED, STRICT_CONSISTENCY};
 use crate::grpo::sample::Rng;
 
 /// Bootstrap resamples per measure.

@@ -5,3 +5,4 @@ pub use visa_core::rewriter::*;
 
 pub mod compare;
 pub mod eval;
+pub mod item;
