@@ -368,7 +368,8 @@ pub struct TenantConfig {
     pub self_manage_profile: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A tenant's limits (null: unlimited); also what `GET /v1/tenants` shows of them.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantLimits {
     /// Requests in flight at once (None: unlimited).

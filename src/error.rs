@@ -57,18 +57,25 @@ pub struct ApiError {
     pub code_override: Option<&'static str>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// An OpenAI error body, the shape of every error this proxy returns.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error":{"message":"Incorrect API key provided.","type":"authentication_error","param":null,"code":"invalid_api_key"}}))]
+pub struct ErrorResponse {
+    pub error: ErrorObject,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    message: &'a str,
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorObject {
+    /// What went wrong, for people.
+    pub message: String,
+    /// invalid_request_error, authentication_error, permission_error, rate_limit_error,
+    /// overloaded_error, upstream_error or server_error.
     #[serde(rename = "type")]
-    kind: &'static str,
-    param: Option<&'a str>,
-    code: &'static str,
+    pub kind: &'static str,
+    /// The request field at fault, when there is one.
+    pub param: Option<String>,
+    /// A stable machine-readable reason, e.g. `invalid_api_key`, `rate_limit_exceeded`.
+    pub code: &'static str,
 }
 
 impl ApiError {
@@ -170,11 +177,11 @@ impl ApiError {
 
     /// The JSON body, also used as the payload of an SSE error event.
     pub fn body_bytes(&self) -> Bytes {
-        let body = Body {
-            error: Inner {
-                message: &self.message,
+        let body = ErrorResponse {
+            error: ErrorObject {
+                message: self.message.clone(),
                 kind: self.error_type(),
-                param: self.param.as_deref(),
+                param: self.param.clone(),
                 code: self.code(),
             },
         };
@@ -226,7 +233,19 @@ impl From<ModelError> for ApiError {
             kind,
             message: e.message,
             param: e.param,
-            code_override: None,
+            code_override: e.code,
+        }
+    }
+}
+
+/// A request field at fault (a body of the wrong shape or a value out of range): 422 naming it.
+impl From<visa_values::fields::FieldError> for ApiError {
+    fn from(e: visa_values::fields::FieldError) -> Self {
+        let err = ApiError::new(ErrorKind::Unprocessable, e.message);
+        if e.param.is_empty() {
+            err
+        } else {
+            err.with_param(e.param)
         }
     }
 }
@@ -250,6 +269,7 @@ impl ApiError {
             kind,
             message: self.message,
             param: self.param,
+            code: self.code_override,
         }
     }
 }

@@ -472,3 +472,19 @@ impl Metrics {
         out
     }
 }
+
+/// The figures of `visa_core::enforce`'s decisions, recorded here.
+impl visa_core::enforce::EnforceMetrics for Metrics {
+    fn stage(&self, tenant: &str, stage: &str, took: Duration) {
+        Metrics::stage(self, tenant, stage, took);
+    }
+    fn action(&self, tenant: &str, action: &str, values: &[crate::values::ValueId]) {
+        Metrics::action(self, tenant, action, values);
+    }
+    fn edit(&self, kind: &str, source: &str) {
+        Metrics::edit(self, kind, source);
+    }
+    fn budget_exhausted(&self, tenant: &str) {
+        Metrics::budget_exhausted(self, tenant);
+    }
+}

@@ -66,7 +66,7 @@ struct TenantStats {
 }
 
 /// Time spent in one stage.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct StageSummary {
     pub count: u64,
     pub mean_ms: f64,
@@ -77,7 +77,7 @@ pub struct StageSummary {
 }
 
 /// One tenant's figures.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TenantSummary {
     pub tenant_id: String,
     /// Answers (JSON choices and stream windows) by action: passed, rewritten, fallback,

@@ -205,6 +205,17 @@ async fn invalid_profiles_name_the_field_and_write_nothing() {
             json!({"values": {"power": {"weight": 1}}}),
             "values.power.target",
         ),
+        (
+            json!({"values": {"power": {"target": null}}}),
+            "values.power.target",
+        ),
+        (
+            json!({"values": {"power": {"target": 0.5, "colour": "red"}}}),
+            "values.power.colour",
+        ),
+        (json!({"max_added_ms": 600_001}), "max_added_ms"),
+        (json!({"steer": "yes"}), "steer"),
+        (json!({"version": "three"}), "version"),
     ];
     for (body, param) in cases {
         let (s, e) = call(&p, Method::PUT, path, ADMIN, Some(body.clone())).await;
@@ -244,6 +255,33 @@ async fn invalid_profiles_name_the_field_and_write_nothing() {
     );
     let (s, _) = call(&p, Method::PATCH, path, ADMIN, Some(json!({}))).await;
     assert_eq!(s, 400);
+    // A patch applies to the newest version unless If-Match says otherwise: a `version` in
+    // its body would look like a precondition and is refused, naming If-Match.
+    let (s, e) = call(
+        &p,
+        Method::PATCH,
+        path,
+        ADMIN,
+        Some(json!({"version": 1, "action": "block"})),
+    )
+    .await;
+    assert_eq!((s, e["error"]["param"].as_str()), (422, Some("version")));
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("If-Match"),
+        "{e}"
+    );
+    let (s, e) = call(
+        &p,
+        Method::PATCH,
+        path,
+        ADMIN,
+        Some(json!({"instruction": 5})),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["param"].as_str()),
+        (422, Some("instruction"))
+    );
     let resp = c()
         .put(p.url(path))
         .bearer_auth(ADMIN)

@@ -5,7 +5,6 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Caller;
@@ -35,6 +34,18 @@ pub struct DecisionsParams {
     pub tenant_id: Option<String>,
 }
 
+/// One page of the decision log.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct DecisionPage {
+    /// Always `list`.
+    pub object: &'static str,
+    /// Newest first.
+    pub data: Vec<crate::decisions::DecisionRecord>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
 fn invalid(param: &str, message: String) -> ApiError {
     ApiError::invalid_request(message).with_param(param)
 }
@@ -42,7 +53,7 @@ fn invalid(param: &str, message: String) -> ApiError {
 #[utoipa::path(get, path = "/v1/decisions", tag = "decisions",
     params(DecisionsParams),
     responses(
-        (status = 200, description = "Decisions, newest first. `next_cursor` (absent on the last page) is passed as `cursor` for the next one. Texts appear only as the profile's `log_text` kept them.", body = Object,
+        (status = 200, description = "Decisions, newest first. `next_cursor` (absent on the last page) is passed as `cursor` for the next one. Texts appear only as the profile's `log_text` kept them.", body = DecisionPage,
             example = json!({"object":"list","data":[{"id":42,"created_at":1764320000123_i64,"tenant_id":"acme","request_id":"3f1c0d2e","profile_version":3,"action":"rewritten","kind":"json","values":["power"],"total_ms":412.5,"choices":[{"index":0,"action":"rewritten","before":{"distance":0.41},"after":{"distance":0.18},"integrity":0.93,"edits":[{"kind":"dropped","source":"clause","sentence":2,"start":120,"end":171,"values":["power"]}]}]}],"next_cursor":"42"})),
         (status = 400, description = "A filter that is not one (an unknown action or value, a bad cursor, `tenant_id` from a tenant key)", body = crate::server::openapi::ErrorResponse),
         (status = 401, description = "No or unknown key", body = crate::server::openapi::ErrorResponse),
@@ -54,7 +65,7 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     QueryParams(p): QueryParams<DecisionsParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DecisionPage>, ApiError> {
     if !state.config.decisions.enabled {
         return Err(ApiError::new(
             ErrorKind::Unavailable,
@@ -133,9 +144,9 @@ pub async fn list(
     } else {
         None
     };
-    let mut body = json!({"object": "list", "data": data});
-    if let Some(c) = next_cursor {
-        body["next_cursor"] = Value::String(c);
-    }
-    Ok(Json(body))
+    Ok(Json(DecisionPage {
+        object: "list",
+        data,
+        next_cursor,
+    }))
 }

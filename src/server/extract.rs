@@ -47,36 +47,14 @@ where
                 "The request body must be a JSON object.",
             ));
         }
-        serde_path_to_error::deserialize(value)
-            .map(TypedBody)
-            .map_err(|e| shape_error(&e.path().to_string(), &e.into_inner().to_string()))
+        typed(value).map(TypedBody)
     }
 }
 
-/// A 422 for JSON of the wrong shape at `path` (`.` for the body itself).
-fn shape_error(path: &str, message: &str) -> ApiError {
-    // The path of an unknown field ends with it; a missing field is named (in backquotes) in
-    // the message, at the path of the object that lacks it.
-    let missing = message
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split('`').next());
-    let param = match (path, missing) {
-        (".", Some(field)) => Some(field.to_owned()),
-        (p, Some(field)) => Some(format!("{p}.{field}")),
-        (".", None) => None,
-        (p, None) => Some(p.to_owned()),
-    };
-    let e = ApiError::new(
-        ErrorKind::Unprocessable,
-        match &param {
-            Some(p) => format!("'{p}': {message}"),
-            None => format!("The request body has the wrong shape: {message}"),
-        },
-    );
-    match param {
-        Some(p) => e.with_param(p),
-        None => e,
-    }
+/// `value` as the typed body `T`, with [`TypedBody`]'s 422 naming the field at fault: for
+/// handlers that look at a body before choosing its type.
+pub fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    crate::values::fields::from_value(value).map_err(ApiError::from)
 }
 
 /// The body's bytes, unparsed, with [`JsonBody`]'s rejections for size and read errors: for
@@ -204,57 +182,5 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IfMatch {
                 .with_param("If-Match")
                 .with_code("invalid_if_match")
             })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(serde::Deserialize, Debug)]
-    #[serde(deny_unknown_fields)]
-    #[expect(dead_code, reason = "only the shape is checked")]
-    struct Shape {
-        name: String,
-        items: Option<Vec<String>>,
-        inner: Option<Inner>,
-    }
-
-    #[derive(serde::Deserialize, Debug)]
-    #[serde(deny_unknown_fields)]
-    #[expect(dead_code, reason = "only the shape is checked")]
-    struct Inner {
-        n: u32,
-    }
-
-    fn param_of(v: serde_json::Value) -> Option<String> {
-        let e = serde_path_to_error::deserialize::<_, Shape>(v).unwrap_err();
-        let e = shape_error(&e.path().to_string(), &e.into_inner().to_string());
-        assert_eq!(e.kind, ErrorKind::Unprocessable);
-        e.param
-    }
-
-    #[test]
-    fn shape_errors_name_the_field() {
-        use serde_json::json;
-        assert_eq!(param_of(json!({})).as_deref(), Some("name"));
-        assert_eq!(param_of(json!({"name": 1})).as_deref(), Some("name"));
-        assert_eq!(
-            param_of(json!({"name": "a", "nmae": 1})).as_deref(),
-            Some("nmae")
-        );
-        assert_eq!(
-            param_of(json!({"name": "a", "items": ["x", 2]})).as_deref(),
-            Some("items[1]")
-        );
-        assert_eq!(
-            param_of(json!({"name": "a", "inner": {"m": 1}})).as_deref(),
-            Some("inner.m")
-        );
-        assert_eq!(
-            param_of(json!({"name": "a", "inner": {"n": "x"}})).as_deref(),
-            Some("inner.n")
-        );
-        assert_eq!(param_of(json!("a")), None);
     }
 }

@@ -6,24 +6,51 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+use serde::Serialize;
 
 use super::AppState;
 
 /// How long a readiness probe of the upstreams is reused.
 pub const READY_CACHE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What `/healthz` answers.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"status":"ok"}))]
+pub struct Health {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "The process is alive", body = Object, example = json!({"status":"ok"}))))]
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+    responses((status = 200, description = "The process is alive", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// What `/readyz` answers; the fields after `status` only for the admin key.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    /// Per upstream: `ok`, `skipped`, or `unreachable: ...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<BTreeMap<String, String>>,
+    /// The PostgreSQL store's change feed: `none`, `connected` or `disconnected`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_feed: Option<&'static str>,
+    /// Where tenant limits are counted: `local`, `redis`, or `redis unreachable: per-replica
+    /// limits`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<&'static str>,
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "Configuration loaded and every upstream reachable (or its check skipped). Anonymous callers get the status only; with the admin key, each upstream's outcome and whether the profile change feed (PostgreSQL store) is connected: `none`, `connected` or `disconnected`; and where tenant limits are counted: `local`, `redis`, or `redis unreachable: per-replica limits`. Probes are reused for 5 s.", body = Object,
+        (status = 200, description = "Configuration loaded and every upstream reachable (or its check skipped). Anonymous callers get the status only; with the admin key, each upstream's outcome and whether the profile change feed (PostgreSQL store) is connected: `none`, `connected` or `disconnected`; and where tenant limits are counted: `local`, `redis`, or `redis unreachable: per-replica limits`. Probes are reused for 5 s.", body = Readiness,
             example = json!({"status":"ready","upstreams":{"openai":"ok","local-vllm":"skipped"},"profile_feed":"none","limits":"local"})),
-        (status = 503, description = "Some upstream cannot be reached", body = Object,
+        (status = 503, description = "Some upstream cannot be reached", body = Readiness,
             example = json!({"status":"not_ready","upstreams":{"openai":"unreachable: connection refused"}})),
     ))]
 pub async fn readyz(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
@@ -57,16 +84,25 @@ pub async fn readyz(State(state): State<AppState>, headers: axum::http::HeaderMa
             crate::store::FeedState::Connected => "connected",
             crate::store::FeedState::Disconnected => "disconnected",
         };
-        json!({"status": word, "upstreams": upstreams, "profile_feed": feed,
-            "limits": state.limits.state().as_str()})
+        Readiness {
+            status: word,
+            upstreams: Some(upstreams),
+            profile_feed: Some(feed),
+            limits: Some(state.limits.state().as_str()),
+        }
     } else {
-        json!({"status": word})
+        Readiness {
+            status: word,
+            upstreams: None,
+            profile_feed: None,
+            limits: None,
+        }
     };
     (status, Json(body)).into_response()
 }
 
 /// Probe every upstream (with its key): ready, and each one's outcome in words.
-async fn probe_all(state: &AppState) -> (bool, Map<String, Value>) {
+async fn probe_all(state: &AppState) -> (bool, BTreeMap<String, String>) {
     let checks =
         futures_util::future::join_all(state.upstreams.all().into_iter().map(|u| async move {
             let outcome = if u.config().skip_readiness_check {
@@ -78,7 +114,7 @@ async fn probe_all(state: &AppState) -> (bool, Map<String, Value>) {
         }))
         .await;
     let mut ready = true;
-    let mut upstreams = Map::new();
+    let mut upstreams = BTreeMap::new();
     for (name, outcome) in checks {
         let text = match outcome {
             Ok(s) => s,
@@ -87,7 +123,7 @@ async fn probe_all(state: &AppState) -> (bool, Map<String, Value>) {
                 format!("unreachable: {e}")
             }
         };
-        upstreams.insert(name, Value::String(text));
+        upstreams.insert(name, text);
     }
     (ready, upstreams)
 }

@@ -92,7 +92,7 @@ pub struct Shared {
 pub type ReadyProbe = (
     std::time::Instant,
     bool,
-    serde_json::Map<String, serde_json::Value>,
+    std::collections::BTreeMap<String, String>,
 );
 
 /// Open the configured profile store and load every current profile (blocking).
@@ -192,12 +192,15 @@ impl AppState {
         let (deferred, deferred_rx) = crate::enforce::deferred::queue();
         let enforcer = Arc::new(Enforcer {
             profiles: profiles.clone(),
-            scorer,
-            rewriter,
-            editor,
-            mode: config.rewriter.mode,
+            decider: crate::enforce::Decider {
+                scorer,
+                rewriter,
+                editor,
+                mode: config.rewriter.mode,
+                max_text_chars: config.models.max_text_chars,
+                metrics: metrics.clone(),
+            },
             config: config.enforce.clone(),
-            max_text_chars: config.models.max_text_chars,
             metrics: metrics.clone(),
             deferred,
             decisions: config.decisions.enabled.then(|| {

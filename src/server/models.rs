@@ -12,12 +12,24 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::tenants::Tenant;
 
+/// `GET /v1/models`: OpenAI's model list.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"object":"list","data":[{"id":"fast","object":"model","created":0,"owned_by":"openai"}]}))]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// Model objects (`id`, `object`, `created`, `owned_by`): the aliases, then what the
+    /// upstreams listed, as they listed it.
+    #[schema(value_type = Vec<Object>)]
+    pub data: Vec<Value>,
+}
+
 #[utoipa::path(
     get,
     path = "/v1/models",
     tag = "chat",
     responses(
-        (status = 200, description = "Models this tenant may name: configured aliases first, then what its upstreams list", body = crate::server::openapi::ModelList),
+        (status = 200, description = "Models this tenant may name: configured aliases first, then what its upstreams list", body = ModelList),
         (status = 401, description = "No or unknown API key", body = crate::server::openapi::ErrorResponse),
         (status = 502, description = "No alias configured and no upstream could list its models", body = crate::server::openapi::ErrorResponse),
     ),
@@ -26,7 +38,7 @@ use crate::tenants::Tenant;
 pub async fn list_models(
     State(state): State<AppState>,
     Extension(tenant): Extension<Arc<Tenant>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelList>, ApiError> {
     let upstreams: Vec<_> = tenant
         .upstreams
         .iter()
@@ -80,5 +92,8 @@ pub async fn list_models(
             .filter(|(id, _)| !alias_ids.contains(id))
             .map(|(_, m)| m),
     );
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(Json(ModelList {
+        object: "list",
+        data,
+    }))
 }

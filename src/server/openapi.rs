@@ -1,8 +1,6 @@
 //! The OpenAPI document, generated from the handlers' annotations, and the schemas it names.
 //! `visa-proxy openapi` prints it; `openapi/openapi.json` is the committed copy.
 
-#![allow(dead_code)] // The schema types exist for documentation only.
-
 use std::sync::OnceLock;
 
 use axum::http::header;
@@ -11,26 +9,10 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-/// An OpenAI error body, the shape of every error this proxy returns.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"error":{"message":"Incorrect API key provided.","type":"authentication_error","param":null,"code":"invalid_api_key"}}))]
-pub struct ErrorResponse {
-    pub error: ErrorObject,
-}
+pub use crate::error::{ErrorObject, ErrorResponse};
 
-#[derive(Serialize, ToSchema)]
-pub struct ErrorObject {
-    /// What went wrong, for people.
-    pub message: String,
-    /// invalid_request_error, authentication_error, permission_error, rate_limit_error,
-    /// overloaded_error, upstream_error or server_error.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The request field at fault, when there is one.
-    pub param: Option<String>,
-    /// A stable machine-readable reason, e.g. `invalid_api_key`, `rate_limit_exceeded`.
-    pub code: String,
-}
+// The chat body is forwarded as bytes (server/chat_body.rs reads its few fields) and the
+// upstream's answer passed on (or edited) as JSON, not rebuilt: these two types document them.
 
 /// A chat-completions request as OpenAI defines it. Only `model`, `messages`, `stream` and
 /// `stream_options` are read by the proxy; every other field (tools, tool_choice,
@@ -59,22 +41,6 @@ pub struct ChatCompletion {
     pub choices: Vec<serde_json::Value>,
     #[schema(value_type = Option<Object>)]
     pub usage: Option<serde_json::Value>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"object":"list","data":[{"id":"fast","object":"model","created":0,"owned_by":"openai"}]}))]
-pub struct ModelList {
-    pub object: String,
-    #[schema(value_type = Vec<Object>)]
-    pub data: Vec<serde_json::Value>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"object":"list","data":[{"id":"acme","upstreams":["openai"],"limits":{"max_concurrent":16,"requests_per_minute":600},"in_flight":0,"admitted_total":42}]}))]
-pub struct TenantList {
-    pub object: String,
-    #[schema(value_type = Vec<Object>)]
-    pub data: Vec<serde_json::Value>,
 }
 
 struct SecuritySchemes;
@@ -135,7 +101,10 @@ impl Modify for SecuritySchemes {
         crate::server::health::metrics,
         openapi_json,
     ),
-    components(schemas(ErrorResponse, ErrorObject, ChatCompletionRequest, ChatCompletion, ModelList, TenantList,
+    components(schemas(ErrorResponse, ErrorObject, ChatCompletionRequest, ChatCompletion,
+        crate::server::models::ModelList, crate::server::admin::TenantList, crate::server::admin::TenantInfo,
+        crate::values::profile::ProfileFields, crate::values::profile::TargetFields,
+        crate::server::profiles::ProfilePatchBody, crate::server::profiles::InstructionPatch,
         crate::values::Profile, crate::values::ValueTarget, crate::values::Action, crate::values::Fallback,
         crate::values::StreamMode, crate::values::ValueId, crate::values::ValueVector,
         crate::values::profile::LogDecisions, crate::values::profile::LogText,

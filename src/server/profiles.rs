@@ -7,21 +7,15 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::AppState;
-use super::extract::{IfMatch, JsonBody, QueryParams};
+use super::extract::{IfMatch, JsonBody, QueryParams, TypedBody, typed};
 use crate::error::{ApiError, ErrorKind};
 use crate::store::HistoryEntry;
 use crate::tenants::Tenant;
-use crate::values::profile::{FieldError, ProfilePatch, ProfileSpec};
+use crate::values::profile::{ProfileFields, ProfilePatch, ProfileSpec};
 use crate::values::{Profile, ValueId};
-
-impl From<FieldError> for ApiError {
-    fn from(e: FieldError) -> Self {
-        ApiError::new(ErrorKind::Unprocessable, e.message).with_param(e.param)
-    }
-}
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
@@ -71,10 +65,10 @@ fn current(state: &AppState, tenant_id: &str) -> Result<Arc<Profile>, ApiError> 
 async fn put(
     state: &AppState,
     tenant_id: &str,
-    body: &Value,
+    body: ProfileFields,
     if_match: Option<u64>,
 ) -> Result<Versioned, ApiError> {
-    let spec = ProfileSpec::from_json(body)?;
+    let spec = ProfileSpec::from_fields(body)?;
     let entry = state
         .profiles
         .write(tenant_id, Some(spec), if_match)
@@ -95,10 +89,10 @@ fn saved(entry: HistoryEntry) -> Result<Versioned, ApiError> {
 async fn patch(
     state: &AppState,
     tenant_id: &str,
-    body: &Value,
+    body: Value,
     if_match: Option<u64>,
 ) -> Result<Versioned, ApiError> {
-    let change = patch_change(state, body).await?;
+    let change = patch_change(state, patch_body(body)?).await?;
     let entry = state
         .profiles
         .update(tenant_id, if_match, move |current| {
@@ -119,29 +113,61 @@ enum Change {
     Instruction(crate::translator::Translation),
 }
 
-/// A PATCH body: field changes, or `{"instruction": "..."}` translated into target shifts (the
-/// translation does not depend on the profile; the shifts are applied to it in the write).
-async fn patch_change(state: &AppState, body: &Value) -> Result<Change, ApiError> {
-    if let Some(instruction) = body.get("instruction") {
-        let Some(text) = instruction.as_str() else {
-            return Err(
-                ApiError::new(ErrorKind::Unprocessable, "'instruction' must be a string")
-                    .with_param("instruction"),
-            );
-        };
-        if body.as_object().is_some_and(|o| o.len() > 1) {
-            return Err(ApiError::invalid_request(
-                "send either an instruction or field changes, not both",
-            )
-            .with_param("instruction"));
+/// A PATCH body: field changes, or an instruction translated into target shifts. The handler
+/// reads the body as JSON and picks the variant by the `instruction` key, so each variant's
+/// errors name its own fields.
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ProfilePatchBody {
+    Instruction(InstructionPatch),
+    Fields(ProfileFields),
+}
+
+/// `{"instruction": "..."}`: a change in words ("more caring, less about status"), translated
+/// into target shifts and applied to the profile.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"instruction": "more caring, less about status"}))]
+pub struct InstructionPatch {
+    pub instruction: String,
+}
+
+fn patch_body(body: Value) -> Result<ProfilePatchBody, ApiError> {
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::new(
+            ErrorKind::Unprocessable,
+            "The request body must be a JSON object.",
+        ));
+    };
+    if !obj.contains_key("instruction") {
+        return typed(body).map(ProfilePatchBody::Fields);
+    }
+    if obj.len() > 1 {
+        return Err(ApiError::invalid_request(
+            "send either an instruction or field changes, not both",
+        )
+        .with_param("instruction"));
+    }
+    typed(body).map(ProfilePatchBody::Instruction)
+}
+
+/// What a PATCH asks, before it meets the current profile (the translation does not depend
+/// on the profile; the shifts are applied to it in the write).
+async fn patch_change(state: &AppState, body: ProfilePatchBody) -> Result<Change, ApiError> {
+    match body {
+        ProfilePatchBody::Instruction(i) => {
+            Ok(Change::Instruction(state.translate(&i.instruction).await?))
         }
-        return Ok(Change::Instruction(state.translate(text).await?));
+        ProfilePatchBody::Fields(fields) => {
+            let patch = ProfilePatch::from_fields(fields)?;
+            if patch.is_empty() {
+                return Err(
+                    ApiError::invalid_request("the patch changes nothing").with_param("values")
+                );
+            }
+            Ok(Change::Fields(patch))
+        }
     }
-    let patch = ProfilePatch::from_json(body)?;
-    if patch.is_empty() {
-        return Err(ApiError::invalid_request("the patch changes nothing").with_param("values"));
-    }
-    Ok(Change::Fields(patch))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -170,7 +196,7 @@ pub async fn admin_get(
 
 #[utoipa::path(put, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
     params(("tenant_id" = String, Path, description = "Tenant id from the config"), ("If-Match" = Option<String>, Header, description = "The version this write replaces, as the ETag header gave it (`\"3\"`; `\"0\"`: no profile yet). When the profile is at another version nothing is written and the answer is 412.")),
-    request_body(content = Object, description = "A whole profile: `values` (value id -> {target, weight?, tolerance?}), `action`, `fallback`, `stream_mode`, `steer`, `max_added_ms`, `audit_sample` (with `action: audit`, the share of answers measured after they were sent), `log_decisions` (`changes` or `all`: which decisions `GET /v1/decisions` keeps) and `log_text` (`none`, `hash` or `full`: what text of an answer it keeps). Omitted fields take their defaults; `version` and `updated_at` are ignored.",
+    request_body(content = ProfileFields, description = "A whole profile: `values` (value id -> {target, weight?, tolerance?}), `action`, `fallback`, `stream_mode`, `steer`, `max_added_ms`, `audit_sample` (with `action: audit`, the share of answers measured after they were sent), `log_decisions` (`changes` or `all`: which decisions `GET /v1/decisions` keeps) and `log_text` (`none`, `hash` or `full`: what text of an answer it keeps). Omitted fields take their defaults; `version` and `updated_at` are ignored.",
         example = json!({"values":{"benevolence":{"target":0.8},"power":{"target":0.1,"weight":2}},"action":"rewrite"})),
     responses(
         (status = 200, description = "Saved; the new version", body = Profile, headers(("ETag" = String, description = "The version, quoted: what If-Match names"))),
@@ -187,15 +213,15 @@ pub async fn admin_put(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
     IfMatch(if_match): IfMatch,
-    JsonBody(body): JsonBody<Value>,
+    TypedBody(body): TypedBody<ProfileFields>,
 ) -> Result<Versioned, ApiError> {
     tenant_exists(&state, &tenant_id)?;
-    put(&state, &tenant_id, &body, if_match).await
+    put(&state, &tenant_id, body, if_match).await
 }
 
 #[utoipa::path(patch, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
     params(("tenant_id" = String, Path, description = "Tenant id from the config"), ("If-Match" = Option<String>, Header, description = "The version this write replaces, as the ETag header gave it (`\"3\"`; `\"0\"`: no profile yet). When the profile is at another version nothing is written and the answer is 412.")),
-    request_body(content = Object, description = "Either field changes (`values.<id>` merged, `null` removes a constraint; `action`, `fallback`, `stream_mode`, `steer`; `max_added_ms` and `audit_sample`, where `null` clears them; `log_decisions`, `log_text`), or `{\"instruction\": \"...\"}`, which is translated into target changes and applied.",
+    request_body(content = ProfilePatchBody, description = "Either field changes (`values.<id>` merged, `null` removes a constraint; `action`, `fallback`, `stream_mode`, `steer`; `max_added_ms` and `audit_sample`, where `null` clears them; `log_decisions`, `log_text`), or `{\"instruction\": \"...\"}`, which is translated into target changes and applied.",
         example = json!({"instruction": "more caring, less about status"})),
     responses(
         (status = 200, description = "Saved; the new version", body = Profile, headers(("ETag" = String, description = "The version, quoted: what If-Match names"))),
@@ -215,13 +241,13 @@ pub async fn admin_patch(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Versioned, ApiError> {
     tenant_exists(&state, &tenant_id)?;
-    patch(&state, &tenant_id, &body, if_match).await
+    patch(&state, &tenant_id, body, if_match).await
 }
 
 #[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/profile", tag = "profiles",
     params(("tenant_id" = String, Path, description = "Tenant id from the config"), ("If-Match" = Option<String>, Header, description = "The version this write replaces, as the ETag header gave it (`\"3\"`; `\"0\"`: no profile yet). When the profile is at another version nothing is written and the answer is 412.")),
     responses(
-        (status = 200, description = "Deleted; the deletion is a version in the history", body = Object, example = json!({"tenant_id":"acme","deleted":true,"version":4})),
+        (status = 200, description = "Deleted; the deletion is a version in the history", body = Deleted, example = json!({"tenant_id":"acme","deleted":true,"version":4})),
         (status = 412, description = "If-Match names a version the profile is no longer (or not yet) at; nothing was written", body = crate::server::openapi::ErrorResponse),
         (status = 400, description = "If-Match is not a version", body = crate::server::openapi::ErrorResponse),
         (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
@@ -233,19 +259,55 @@ pub async fn admin_delete(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
     IfMatch(if_match): IfMatch,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     tenant_exists(&state, &tenant_id)?;
     current(&state, &tenant_id)?;
     let entry = state.profiles.write(&tenant_id, None, if_match).await?;
-    Ok(Json(
-        json!({"tenant_id": tenant_id, "deleted": true, "version": entry.version}),
-    ))
+    Ok(Json(Deleted {
+        tenant_id,
+        deleted: true,
+        version: entry.version,
+    }))
+}
+
+/// What a deletion answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    pub tenant_id: String,
+    /// Always true.
+    pub deleted: bool,
+    /// The version the deletion is.
+    pub version: u64,
+}
+
+/// A profile's versions, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct History {
+    /// Always `list`.
+    pub object: &'static str,
+    pub data: Vec<HistoryEntry>,
+}
+
+/// One of the 10 values, for people.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ValueInfo {
+    pub id: ValueId,
+    pub name: &'static str,
+    pub definition: &'static str,
+}
+
+/// The 10 values in circumplex order.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ValueList {
+    /// Always `list`.
+    pub object: &'static str,
+    pub data: Vec<ValueInfo>,
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/profile/history", tag = "profiles",
     params(("tenant_id" = String, Path, description = "Tenant id from the config"), HistoryQuery),
     responses(
-        (status = 200, description = "Versions, newest first; `profile` is null for a deletion", body = Object,
+        (status = 200, description = "Versions, newest first; `profile` is null for a deletion", body = History,
             example = json!({"object":"list","data":[{"version":2,"updated_at":1764320100,"profile":null},{"version":1,"updated_at":1764320000,"profile":{"values":{"power":{"target":0.1,"weight":1.0,"tolerance":0.15}},"action":"audit","fallback":"original","stream_mode":"window","version":1,"updated_at":1764320000}}]})),
         (status = 401, description = "No or wrong admin key", body = crate::server::openapi::ErrorResponse),
         (status = 403, description = "A tenant key on a route that needs the admin key", body = crate::server::openapi::ErrorResponse),
@@ -257,7 +319,7 @@ pub async fn admin_history(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
     QueryParams(q): QueryParams<HistoryQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<History>, ApiError> {
     tenant_exists(&state, &tenant_id)?;
     history(&state, &tenant_id, q.limit).await
 }
@@ -265,7 +327,7 @@ pub async fn admin_history(
 #[utoipa::path(get, path = "/v1/profile/history", tag = "profiles",
     params(HistoryQuery),
     responses(
-        (status = 200, description = "The calling tenant's own versions, newest first; a deletion is a version with `profile: null`", body = Object),
+        (status = 200, description = "The calling tenant's own versions, newest first; a deletion is a version with `profile: null`", body = History),
         (status = 401, description = "No or unknown tenant key", body = crate::server::openapi::ErrorResponse),
         (status = 400, description = "A query parameter of the wrong type (`limit`)", body = crate::server::openapi::ErrorResponse),
     ),
@@ -274,7 +336,7 @@ pub async fn tenant_history(
     State(state): State<AppState>,
     Extension(tenant): Extension<Arc<Tenant>>,
     QueryParams(q): QueryParams<HistoryQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<History>, ApiError> {
     history(&state, &tenant.id, q.limit).await
 }
 
@@ -282,11 +344,14 @@ async fn history(
     state: &AppState,
     tenant_id: &str,
     limit: Option<usize>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<History>, ApiError> {
     let max = state.config.profiles.history_limit;
     let limit = limit.unwrap_or(max).clamp(1, max);
     let data: Vec<HistoryEntry> = state.profiles.history(tenant_id, limit).await?;
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(Json(History {
+        object: "list",
+        data,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/profile", tag = "profiles",
@@ -305,7 +370,7 @@ pub async fn tenant_get(
 
 #[utoipa::path(put, path = "/v1/profile", tag = "profiles",
     params(("If-Match" = Option<String>, Header, description = "The version this write replaces, as the ETag header gave it (`\"3\"`; `\"0\"`: no profile yet). When the profile is at another version nothing is written and the answer is 412.")),
-    request_body(content = Object, description = "A whole profile, as for the admin route"),
+    request_body(content = ProfileFields, description = "A whole profile, as for the admin route"),
     responses(
         (status = 200, description = "Saved; the new version", body = Profile, headers(("ETag" = String, description = "The version, quoted: what If-Match names"))),
         (status = 412, description = "If-Match names a version the profile is no longer (or not yet) at; nothing was written", body = crate::server::openapi::ErrorResponse),
@@ -319,10 +384,10 @@ pub async fn tenant_put(
     State(state): State<AppState>,
     Extension(tenant): Extension<Arc<Tenant>>,
     IfMatch(if_match): IfMatch,
-    JsonBody(body): JsonBody<Value>,
+    TypedBody(body): TypedBody<ProfileFields>,
 ) -> Result<Versioned, ApiError> {
     may_self_manage(&tenant)?;
-    put(&state, &tenant.id, &body, if_match).await
+    put(&state, &tenant.id, body, if_match).await
 }
 
 fn may_self_manage(tenant: &Tenant) -> Result<(), ApiError> {
@@ -340,7 +405,7 @@ fn may_self_manage(tenant: &Tenant) -> Result<(), ApiError> {
 
 #[utoipa::path(patch, path = "/v1/profile", tag = "profiles",
     params(("If-Match" = Option<String>, Header, description = "The version this write replaces, as the ETag header gave it (`\"3\"`; `\"0\"`: no profile yet). When the profile is at another version nothing is written and the answer is 412.")),
-    request_body(content = Object, description = "Field changes or `{\"instruction\": \"...\"}`, as for the admin route's PATCH",
+    request_body(content = ProfilePatchBody, description = "Field changes or `{\"instruction\": \"...\"}`, as for the admin route's PATCH",
         example = json!({"values": {"power": {"target": 0.1}}})),
     responses(
         (status = 200, description = "Saved; the new version", body = Profile, headers(("ETag" = String, description = "The version, quoted: what If-Match names"))),
@@ -359,18 +424,25 @@ pub async fn tenant_patch(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Versioned, ApiError> {
     may_self_manage(&tenant)?;
-    patch(&state, &tenant.id, &body, if_match).await
+    patch(&state, &tenant.id, body, if_match).await
 }
 
 #[utoipa::path(get, path = "/v1/values", tag = "values",
-    responses((status = 200, description = "The 10 values in circumplex order, with ids and definitions", body = Object,
+    responses((status = 200, description = "The 10 values in circumplex order, with ids and definitions", body = ValueList,
         example = json!({"object":"list","data":[{"id":"self_direction","name":"Self-Direction","definition":"Independent thought and action: choosing, creating, exploring; freedom and curiosity."}]})),
         (status = 401, description = "No or unknown key", body = crate::server::openapi::ErrorResponse)),
     security(("bearer" = []), ("admin" = [])))]
-pub async fn list_values() -> Json<Value> {
-    let data: Vec<Value> = ValueId::ALL
+pub async fn list_values() -> Json<ValueList> {
+    let data = ValueId::ALL
         .iter()
-        .map(|v| json!({"id": v.as_str(), "name": v.display_name(), "definition": v.definition()}))
+        .map(|v| ValueInfo {
+            id: *v,
+            name: v.display_name(),
+            definition: v.definition(),
+        })
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(ValueList {
+        object: "list",
+        data,
+    })
 }

@@ -17,7 +17,7 @@ use crate::edit::{EditRequest, Editor, Scope};
 use crate::enforce::{REFUSAL, VisaAction};
 use crate::error::{ApiError, ErrorKind};
 use crate::rewriter::Decision;
-use crate::values::profile::{Fallback, Profile, ProfileSpec};
+use crate::values::profile::{Fallback, Profile, ProfileFields, ProfileSpec};
 
 fn unprocessable(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::Unprocessable, message).with_param(param)
@@ -37,14 +37,7 @@ fn profile_of(
         )
         .with_param("tenant_id")),
         (Some(p), None) => {
-            let spec = ProfileSpec::from_json(p).map_err(|e| {
-                let param = if e.param == "profile" {
-                    e.param
-                } else {
-                    format!("profile.{}", e.param)
-                };
-                unprocessable(&param, e.message)
-            })?;
+            let spec = ProfileSpec::from_fields(p.clone()).map_err(|e| e.within("profile"))?;
             Ok(std::sync::Arc::new(Profile::from_spec(spec, 0, 0)))
         }
         (None, id) => {
@@ -87,8 +80,7 @@ pub struct RewriteRequest {
     pub context: Option<String>,
     /// An inline profile (as `PUT /v1/profile` takes it); send this, `tenant_id`, or neither
     /// (the calling tenant's own).
-    #[schema(value_type = Option<Object>)]
-    pub profile: Option<Value>,
+    pub profile: Option<ProfileFields>,
     /// A tenant whose profile to use (the admin; a tenant may name only itself).
     pub tenant_id: Option<String>,
 }
@@ -127,10 +119,11 @@ pub async fn rewrite(
     }
     let context = body.context.clone();
     let profile = profile_of(&state, &caller, &body)?;
-    if let (Some(editor), RewriteMode::Edits) = (&state.enforcer.editor, state.enforcer.mode) {
+    let decider = &state.enforcer.decider;
+    if let (Some(editor), RewriteMode::Edits) = (&decider.editor, decider.mode) {
         return edits(&state, editor, &profile, &text, context.as_deref(), started).await;
     }
-    let rewriter = state.enforcer.rewriter.as_ref().ok_or_else(|| {
+    let rewriter = decider.rewriter.as_ref().ok_or_else(|| {
         ApiError::new(
             ErrorKind::Unavailable,
             "no rewriter on this proxy (it needs the value models and a local or remote model)",

@@ -27,6 +27,9 @@ pub struct ModelError {
     pub message: String,
     /// The request field the error is about, when there is one.
     pub param: Option<String>,
+    /// A stable machine-readable reason for the client (`upstream_answer_too_large`), when
+    /// the kind's own is not precise enough.
+    pub code: Option<&'static str>,
 }
 
 impl ModelError {
@@ -35,11 +38,17 @@ impl ModelError {
             kind,
             message: message.into(),
             param: None,
+            code: None,
         }
     }
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
         self
     }
 

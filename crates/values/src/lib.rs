@@ -1,6 +1,7 @@
 //! Schwartz's 10 basic values, value vectors, tenant value profiles, and the one definition of
 //! distance, cosine and "within tolerance" that every part of the proxy uses.
 
+pub mod fields;
 pub mod profile;
 pub mod sentences;
 
@@ -13,19 +14,7 @@ pub use profile::{Action, Fallback, Profile, ProfilePatch, StreamMode, ValueTarg
 
 /// One of the 10 basic values, in Schwartz's circumplex order (neighbours are adjacent,
 /// opposites are five steps apart).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ValueId {
     SelfDirection,
@@ -130,6 +119,15 @@ impl ValueId {
 impl fmt::Display for ValueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Read as a string and parsed, not as an enum, so that an unknown name inside a map keeps its
+/// key in the error's path (`values.kindness`, not `values.?`) and gets the list of names.
+impl<'de> Deserialize<'de> for ValueId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 

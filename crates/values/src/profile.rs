@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
 use super::{ValueId, ValueVector};
 
@@ -92,7 +92,7 @@ pub enum LogText {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Profile {
     /// Constrained values; values not named are unconstrained.
-    #[schema(value_type = Object, example = json!({"benevolence": {"target": 0.8, "weight": 1.0, "tolerance": 0.15}, "power": {"target": 0.1, "weight": 2.0, "tolerance": 0.1}}))]
+    #[schema(example = json!({"benevolence": {"target": 0.8, "weight": 1.0, "tolerance": 0.15}, "power": {"target": 0.1, "weight": 2.0, "tolerance": 0.1}}))]
     pub values: BTreeMap<ValueId, ValueTarget>,
     pub action: Action,
     pub fallback: Fallback,
@@ -123,18 +123,10 @@ pub struct Profile {
     pub updated_at: i64,
 }
 
-/// A field-level problem with a profile, for a 422 naming the field.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FieldError {
-    pub param: String,
-    pub message: String,
-}
+pub use crate::fields::FieldError;
 
 fn err(param: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError {
-        param: param.into(),
-        message: message.into(),
-    }
+    FieldError::new(param, message)
 }
 
 /// The editable part of a profile (what PUT takes).
@@ -178,80 +170,127 @@ pub struct PartialTarget {
     pub tolerance: Option<f32>,
 }
 
-fn number(v: &Value, param: &str, lo: f32, hi: f32, lo_open: bool) -> Result<f32, FieldError> {
-    let x = v
-        .as_f64()
-        .ok_or_else(|| err(param, format!("'{param}' must be a number")))? as f32;
+/// A profile's fields as requests send them: the body of `PUT` (applied to an empty profile,
+/// so every named value needs a target) and of `PATCH` (only the fields sent change; `null`
+/// removes a value's constraint or clears `max_added_ms` / `audit_sample`), and the inline
+/// `profile` of the translate and rewrite endpoints. This type is the schema those operations
+/// document; unknown fields are rejected, and every error names the field at fault.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"values": {"benevolence": {"target": 0.8}, "power": {"target": 0.1, "weight": 2}}, "action": "rewrite"}))]
+pub struct ProfileFields {
+    /// Value id -> its constraint (fields not sent keep their current or default values);
+    /// `null` removes the constraint.
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<ValueId, TargetFields>)]
+    pub values: BTreeMap<ValueId, Option<TargetFields>>,
+    pub action: Option<Action>,
+    pub fallback: Option<Fallback>,
+    pub stream_mode: Option<StreamMode>,
+    /// Add a system message derived from the profile to the upstream request.
+    pub steer: Option<bool>,
+    /// The time enforcement may add, in ms, in [0, 600000] (0: no limit); `null`: the proxy's
+    /// `[enforce] max_added_ms`.
+    #[serde(default, deserialize_with = "added_ms")]
+    #[schema(value_type = Option<u64>, maximum = 600000)]
+    pub max_added_ms: Option<Option<u64>>,
+    /// With `action: "audit"`, the share of answers measured after they were sent, in (0, 1];
+    /// `null`: every answer, before it is returned.
+    #[serde(default, deserialize_with = "audit_share")]
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0.0, maximum = 1.0)]
+    pub audit_sample: Option<Option<f64>>,
+    pub log_decisions: Option<LogDecisions>,
+    pub log_text: Option<LogText>,
+    /// Accepted and ignored by `PUT`, so a profile as `GET` returns it can be sent back edited;
+    /// a `PATCH` refuses it (send the version you read as `If-Match`).
+    #[schema(read_only)]
+    pub version: Option<u64>,
+    /// As `version`.
+    #[schema(read_only)]
+    pub updated_at: Option<i64>,
+}
+
+/// One value's constraint as a request sends it; a field not sent keeps its current value (or
+/// its default: weight 1, tolerance 0.15; a new constraint needs a target).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFields {
+    /// Desired score in [0, 1].
+    #[serde(default, deserialize_with = "unit")]
+    #[schema(value_type = f32, minimum = 0.0, maximum = 1.0)]
+    pub target: Option<f32>,
+    /// Relative importance in (0, 10].
+    #[serde(default, deserialize_with = "weight")]
+    #[schema(value_type = f32, exclusive_minimum = 0.0, maximum = 10.0)]
+    pub weight: Option<f32>,
+    /// Largest accepted |score - target|, in [0, 1].
+    #[serde(default, deserialize_with = "unit")]
+    #[schema(value_type = f32, minimum = 0.0, maximum = 1.0)]
+    pub tolerance: Option<f32>,
+}
+
+fn in_range<E: serde::de::Error>(x: f64, lo: f64, hi: f64, lo_open: bool) -> Result<f32, E> {
     let below = if lo_open { x <= lo } else { x < lo };
     if !x.is_finite() || below || x > hi {
         let lo_br = if lo_open { "(" } else { "[" };
-        return Err(err(
-            param,
-            format!("'{param}' must be in {lo_br}{lo}, {hi}], got {x}"),
-        ));
+        return Err(E::custom(format!("must be in {lo_br}{lo}, {hi}], got {x}")));
     }
-    Ok(x)
+    Ok(x as f32)
 }
 
-fn enum_field<T: serde::de::DeserializeOwned>(
-    v: &Value,
-    param: &str,
-    allowed: &str,
-) -> Result<T, FieldError> {
-    serde_json::from_value(v.clone())
-        .map_err(|_| err(param, format!("'{param}' must be one of {allowed}")))
+fn unit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+    in_range(f64::deserialize(d)?, 0.0, 1.0, false).map(Some)
 }
 
-fn value_id(key: &str, param: &str) -> Result<ValueId, FieldError> {
-    key.parse::<ValueId>().map_err(|m| err(param, m))
+fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+    in_range(f64::deserialize(d)?, 0.0, f64::from(MAX_WEIGHT), true).map(Some)
 }
 
-fn partial_target(v: &Value, param: &str) -> Result<PartialTarget, FieldError> {
-    let obj = v.as_object().ok_or_else(|| {
-        err(
-            param,
-            format!("'{param}' must be an object like {{\"target\": 0.7}}"),
-        )
-    })?;
-    let mut out = PartialTarget::default();
-    for (k, x) in obj {
-        let p = format!("{param}.{k}");
-        match k.as_str() {
-            "target" => out.target = Some(number(x, &p, 0.0, 1.0, false)?),
-            "weight" => out.weight = Some(number(x, &p, 0.0, MAX_WEIGHT, true)?),
-            "tolerance" => out.tolerance = Some(number(x, &p, 0.0, 1.0, false)?),
-            _ => {
-                return Err(err(
-                    p,
-                    format!("unknown field '{k}'; use target, weight, tolerance"),
-                ));
-            }
+fn added_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(Some(None)),
+        Some(n) => n
+            .as_u64()
+            .filter(|m| *m <= MAX_ADDED_MS)
+            .map(|m| Some(Some(m)))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "must be a whole number of milliseconds in [0, {MAX_ADDED_MS}] (0: no limit), or null; got {n}"
+                ))
+            }),
+    }
+}
+
+fn audit_share<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    match Option::<f64>::deserialize(d)? {
+        None => Ok(Some(None)),
+        Some(a) if a > 0.0 && a <= 1.0 => Ok(Some(Some(a))),
+        Some(a) => Err(serde::de::Error::custom(format!(
+            "must be a share of answers in (0, 1], or null (every answer); got {a}"
+        ))),
+    }
+}
+
+impl ProfileFields {
+    /// Parse a JSON object, with errors that name the field (`values.power.target`).
+    pub fn from_json(body: &Value) -> Result<Self, FieldError> {
+        if !body.is_object() {
+            return Err(err("profile", "'profile' must be an object"));
         }
+        crate::fields::from_value(body.clone())
     }
-    Ok(out)
 }
-
-fn object<'a>(v: &'a Value, param: &str) -> Result<&'a Map<String, Value>, FieldError> {
-    v.as_object()
-        .ok_or_else(|| err(param, format!("'{param}' must be an object")))
-}
-
-const ACTIONS: &str = "audit, rewrite, block";
-const FALLBACKS: &str = "original, block";
-const STREAM_MODES: &str = "window, buffer";
-const LOG_DECISIONS: &str = "changes, all";
-const LOG_TEXTS: &str = "none, hash, full";
 
 impl ProfileSpec {
-    /// Parse a full profile (PUT): the same fields as a patch, applied to an empty profile
-    /// (so every named value needs a target). `version` and `updated_at` are accepted and
-    /// ignored, so a fetched profile can be sent back edited.
+    /// A full profile (PUT) from its fields: applied to an empty profile, so every named
+    /// value needs a target; `version` and `updated_at` are ignored.
+    pub fn from_fields(fields: ProfileFields) -> Result<Self, FieldError> {
+        ProfileSpec::default().apply(&ProfilePatch::changes(fields))
+    }
+
+    /// [`ProfileSpec::from_fields`] from JSON.
     pub fn from_json(body: &Value) -> Result<Self, FieldError> {
-        let mut obj = object(body, "profile")?.clone();
-        obj.remove("version");
-        obj.remove("updated_at");
-        let patch = ProfilePatch::from_json(&Value::Object(obj))?;
-        ProfileSpec::default().apply(&patch)
+        Self::from_fields(ProfileFields::from_json(body)?)
     }
 
     pub fn from_profile(p: &Profile) -> Self {
@@ -332,78 +371,54 @@ impl ProfileSpec {
 }
 
 impl ProfilePatch {
-    /// Parse a PATCH body of field changes (an `instruction` is handled by the caller).
-    pub fn from_json(body: &Value) -> Result<Self, FieldError> {
-        let obj = object(body, "patch")?;
-        let mut patch = ProfilePatch::default();
-        for (k, v) in obj {
-            match k.as_str() {
-                "values" => {
-                    for (name, t) in object(v, "values")? {
-                        let p = format!("values.{name}");
-                        let id = value_id(name, &p)?;
-                        let change = if t.is_null() {
-                            None
-                        } else {
-                            Some(partial_target(t, &p)?)
-                        };
-                        patch.values.insert(id, change);
-                    }
-                }
-                "action" => patch.action = Some(enum_field(v, "action", ACTIONS)?),
-                "fallback" => patch.fallback = Some(enum_field(v, "fallback", FALLBACKS)?),
-                "stream_mode" => {
-                    patch.stream_mode = Some(enum_field(v, "stream_mode", STREAM_MODES)?)
-                }
-                "steer" => {
-                    patch.steer = Some(
-                        v.as_bool()
-                            .ok_or_else(|| err("steer", "'steer' must be true or false"))?,
-                    )
-                }
-                "max_added_ms" => {
-                    patch.max_added_ms = Some(match v {
-                        Value::Null => None,
-                        _ => Some(v.as_u64().filter(|m| *m <= MAX_ADDED_MS).ok_or_else(
-                            || {
-                                err(
-                                    "max_added_ms",
-                                    format!(
-                                        "'max_added_ms' must be a whole number of milliseconds in [0, {MAX_ADDED_MS}] (0: no limit), or null"
-                                    ),
-                                )
-                            },
-                        )?),
-                    })
-                }
-                "audit_sample" => {
-                    patch.audit_sample = Some(match v {
-                        Value::Null => None,
-                        _ => Some(v.as_f64().filter(|a| *a > 0.0 && *a <= 1.0).ok_or_else(
-                            || {
-                                err(
-                                    "audit_sample",
-                                    "'audit_sample' must be a share of answers in (0, 1], or null (every answer)",
-                                )
-                            },
-                        )?),
-                    })
-                }
-                "log_decisions" => {
-                    patch.log_decisions = Some(enum_field(v, "log_decisions", LOG_DECISIONS)?)
-                }
-                "log_text" => patch.log_text = Some(enum_field(v, "log_text", LOG_TEXTS)?),
-                _ => {
-                    return Err(err(
-                        k.as_str(),
-                        format!(
-                            "unknown field '{k}'; a profile has values, action, fallback, stream_mode, steer, max_added_ms, audit_sample, log_decisions, log_text"
-                        ),
-                    ));
-                }
+    /// A PATCH body's field changes (an `instruction` is handled by the caller). `version` and
+    /// `updated_at` are refused: a patch applies to the newest version unless `If-Match` says
+    /// otherwise.
+    pub fn from_fields(fields: ProfileFields) -> Result<Self, FieldError> {
+        for (name, sent) in [
+            ("version", fields.version.is_some()),
+            ("updated_at", fields.updated_at.is_some()),
+        ] {
+            if sent {
+                return Err(err(
+                    name,
+                    format!(
+                        "'{name}' cannot be changed; to apply a patch only to the version you read, send it as If-Match"
+                    ),
+                ));
             }
         }
-        Ok(patch)
+        Ok(Self::changes(fields))
+    }
+
+    /// [`ProfilePatch::from_fields`] from JSON.
+    pub fn from_json(body: &Value) -> Result<Self, FieldError> {
+        Self::from_fields(ProfileFields::from_json(body)?)
+    }
+
+    fn changes(f: ProfileFields) -> Self {
+        Self {
+            values: f
+                .values
+                .into_iter()
+                .map(|(id, t)| {
+                    let part = t.map(|t| PartialTarget {
+                        target: t.target,
+                        weight: t.weight,
+                        tolerance: t.tolerance,
+                    });
+                    (id, part)
+                })
+                .collect(),
+            action: f.action,
+            fallback: f.fallback,
+            stream_mode: f.stream_mode,
+            steer: f.steer,
+            max_added_ms: f.max_added_ms,
+            audit_sample: f.audit_sample,
+            log_decisions: f.log_decisions,
+            log_text: f.log_text,
+        }
     }
 
     pub fn is_empty(&self) -> bool {

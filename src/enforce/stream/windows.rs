@@ -292,9 +292,7 @@ impl Windows {
     /// already, so the end is the only place left). `None`: nothing to add.
     pub(super) async fn append_at_end(&mut self, index: usize) -> Result<Option<Item>, ApiError> {
         // Only sentence edits can add to what was sent; the whole-text rewriter cannot.
-        let edits = self.enforcer.editor.is_some()
-            && self.enforcer.mode == crate::config::RewriteMode::Edits;
-        if self.profile.action != Action::Rewrite || !edits {
+        if self.profile.action != Action::Rewrite || !self.enforcer.decider.edits() {
             return Ok(None);
         }
         let Some(buf) = self.choices.get(&index) else {
