@@ -103,7 +103,7 @@ impl Modify for SecuritySchemes {
     ),
     components(schemas(ErrorResponse, ErrorObject, ChatCompletionRequest, ChatCompletion,
         crate::server::models::ModelList, crate::server::admin::TenantList, crate::server::admin::TenantInfo,
-        crate::values::profile::ProfileFields, crate::values::profile::TargetFields,
+        crate::values::profile::ProfileFields, crate::values::profile::PartialTarget,
         crate::server::profiles::ProfilePatchBody, crate::server::profiles::InstructionPatch,
         crate::values::Profile, crate::values::ValueTarget, crate::values::Action, crate::values::Fallback,
         crate::values::StreamMode, crate::values::ValueId, crate::values::ValueVector,

@@ -163,13 +163,6 @@ pub struct ProfilePatch {
     pub log_text: Option<LogText>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct PartialTarget {
-    pub target: Option<f32>,
-    pub weight: Option<f32>,
-    pub tolerance: Option<f32>,
-}
-
 /// A profile's fields as requests send them: the body of `PUT` (applied to an empty profile,
 /// so every named value needs a target) and of `PATCH` (only the fields sent change; `null`
 /// removes a value's constraint or clears `max_added_ms` / `audit_sample`), and the inline
@@ -182,8 +175,8 @@ pub struct ProfileFields {
     /// Value id -> its constraint (fields not sent keep their current or default values);
     /// `null` removes the constraint.
     #[serde(default)]
-    #[schema(value_type = BTreeMap<ValueId, TargetFields>)]
-    pub values: BTreeMap<ValueId, Option<TargetFields>>,
+    #[schema(value_type = BTreeMap<ValueId, PartialTarget>)]
+    pub values: BTreeMap<ValueId, Option<PartialTarget>>,
     pub action: Option<Action>,
     pub fallback: Option<Fallback>,
     pub stream_mode: Option<StreamMode>,
@@ -214,7 +207,7 @@ pub struct ProfileFields {
 /// its default: weight 1, tolerance 0.15; a new constraint needs a target).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TargetFields {
+pub struct PartialTarget {
     /// Desired score in [0, 1].
     #[serde(default, deserialize_with = "unit")]
     #[schema(value_type = f32, minimum = 0.0, maximum = 1.0)]
@@ -398,18 +391,7 @@ impl ProfilePatch {
 
     fn changes(f: ProfileFields) -> Self {
         Self {
-            values: f
-                .values
-                .into_iter()
-                .map(|(id, t)| {
-                    let part = t.map(|t| PartialTarget {
-                        target: t.target,
-                        weight: t.weight,
-                        tolerance: t.tolerance,
-                    });
-                    (id, part)
-                })
-                .collect(),
+            values: f.values,
             action: f.action,
             fallback: f.fallback,
             stream_mode: f.stream_mode,
